@@ -1,0 +1,7 @@
+"""`python -m evolve ...` entry point."""
+
+import sys
+
+from evolve.cli import main
+
+sys.exit(main())

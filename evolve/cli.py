@@ -1,0 +1,42 @@
+"""Command dispatch: `evolve COMMAND key=value ...`; each command lives in evolve/commands/<name>.py."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+from evolve.errors import UserError
+
+# command name -> module under evolve.commands exposing `run(args: list[str]) -> int`
+COMMANDS: dict[str, str] = {
+    "search": "search",
+    "merge": "merge",
+    "eval": "eval",
+    "export": "export",
+    "report": "report",
+    "prepare": "prepare",
+}
+
+USAGE = "usage: evolve {" + ",".join(COMMANDS) + "} key=value ... (see README.md)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; map bad input to exit 2 with one line, internal errors to exit 1."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(f"evolve.commands.{COMMANDS[name]}")
+        return int(module.run(rest) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

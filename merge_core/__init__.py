@@ -1,0 +1,1 @@
+"""Merge library: checkpoints, architectures, tied embeddings, merge methods, recipes, writer."""
