@@ -1,0 +1,183 @@
+"""Hydra composition of a search config (`conf=NAME k=v ...`), schema and range checks, turned into UserErrors."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+import conf as conf_pkg
+from evolve import schema
+from evolve.errors import UserError
+
+OPTIMIZERS = ("cmaes", "tpe", "gp", "random", "nsga2")
+PRUNERS = ("median", "halving", "none")
+
+
+@dataclass
+class ConfArgs:
+    """A search command line split into its parts."""
+
+    config_dir: Path
+    config_name: str
+    overrides: list[str]
+    multirun: bool
+
+    @property
+    def label(self) -> str:
+        """How the config is named in messages."""
+        return str(self.config_dir / f"{self.config_name}.yaml")
+
+
+def parse_args(args: list[str]) -> ConfArgs:
+    """Split `conf=NAME [k=v ...] [-m]` into the primary config file, Hydra overrides and the multirun flag."""
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    rest = [a for a in args if a not in ("-m", "--multirun")]
+    names = [a.split("=", 1)[1] for a in rest if a.startswith("conf=")]
+    overrides = [a for a in rest if not a.startswith("conf=")]
+    for a in overrides:
+        if a.startswith("-"):
+            raise UserError(f"argument {a!r}: flags are not supported; use key=value overrides (and -m for a sweep)")
+    if len(names) != 1 or not names[0]:
+        available = ", ".join(sorted(p.stem for p in conf_pkg.PATH.glob("*.yaml")))
+        raise UserError(f"conf=NAME is required exactly once; choose one of {available} or a path to a YAML file")
+    config_dir, config_name = resolve_conf(names[0])
+    return ConfArgs(config_dir, config_name, overrides, multirun)
+
+
+def resolve_conf(name: str) -> tuple[Path, str]:
+    """Map `tiny` to conf/tiny.yaml, or a path to a YAML file to its folder and stem."""
+    if name.endswith((".yaml", ".yml")) or os.sep in name or "/" in name:
+        path = Path(name).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"conf={name}: no such file; give conf=NAME (a file in {conf_pkg.PATH}) or a YAML path")
+        return path.parent, path.stem
+    path = conf_pkg.PATH / f"{name}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in conf_pkg.PATH.glob("*.yaml")))
+        raise UserError(f"conf={name}: no such config; choose one of {available} or give a path to a YAML file")
+    return conf_pkg.PATH, name
+
+
+def hydra_overrides(config_dir: Path) -> list[str]:
+    """Overrides that let a YAML outside conf/ still use conf/'s groups."""
+    if config_dir.resolve() == conf_pkg.PATH:
+        return []
+    return [f"hydra.searchpath=[file://{conf_pkg.PATH}]"]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).split("Config search path")[0]
+    cause = exc.__cause__
+    if cause is not None and str(cause):
+        # Hydra wraps the OmegaConf error that says what was wrong; keep its first line only
+        text += ": " + str(cause).splitlines()[0]
+    text = " ".join(text.split())
+    return text[:400] if text else type(exc).__name__
+
+
+def compose_config(cargs: ConfArgs, overrides: list[str] | None = None) -> DictConfig:
+    """Compose and validate one config (no sweep values); any Hydra/OmegaConf error becomes a one-line UserError."""
+    schema.register()
+    overrides = cargs.overrides if overrides is None else overrides
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(cargs.config_dir), version_base="1.3"):
+            cfg = compose(cargs.config_name, overrides=overrides + hydra_overrides(cargs.config_dir))
+        OmegaConf.resolve(cfg)
+    except UserError:
+        raise
+    except Exception as exc:  # Hydra and OmegaConf raise many types; all mean bad input here
+        raise UserError(f"{cargs.label}: {_one_line(exc)}; fix the key/value (see conf/ for groups and keys)") from None
+    finally:
+        GlobalHydra.instance().clear()
+    validate(cfg, cargs.label)
+    return cfg
+
+
+def sweep_combinations(overrides: list[str]) -> list[list[str]]:
+    """Expand comma-separated sweep values (`optimizer=cmaes,tpe seed=0,1`) into one override list per job."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:
+        raise UserError(f"overrides: {_one_line(exc)}; write key=value or key=a,b for a sweep") from None
+    choices = []
+    for ov in parsed:
+        if ov.is_sweep_override():
+            choices.append([f"{ov.get_key_element()}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            choices.append([ov.input_line])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def load_config(args: list[str]) -> tuple[DictConfig, ConfArgs]:
+    """Compose and validate the config of a non-sweep command (export, report, a single search)."""
+    cargs = parse_args(args)
+    if cargs.multirun:
+        raise UserError("-m: this command takes no sweep; pick one value per key")
+    return compose_config(cargs), cargs
+
+
+def _check(cond: bool, where: str, key: str, what: str) -> None:
+    if not cond:
+        raise UserError(f"{where}: {key} {what}")
+
+
+def validate(cfg: DictConfig, where: str) -> None:
+    """Range and consistency checks the dataclass types cannot express; run before any model loads."""
+    _check(cfg.n_trials >= 1, where, "n_trials", f"= {cfg.n_trials} must be >= 1; set n_trials=16")
+    _check(cfg.max_failures_in_row >= 1, where, "max_failures_in_row", "must be >= 1")
+    _check(cfg.heartbeat_interval >= 1 and cfg.grace_period > cfg.heartbeat_interval, where,
+           "heartbeat_interval/grace_period", "must be >= 1 and grace_period > heartbeat_interval")
+    _check(bool(cfg.study_name) and "/" not in cfg.study_name, where, "study_name", "must be a non-empty name without '/'")
+    out = Path(cfg.out_dir)
+    _check(not out.exists() or out.is_dir(), where, "out_dir", f"= {out} is a file; give a folder path")
+    _check(cfg.dtype in ("float32", "bfloat16", "float16"), where, "dtype", "must be float32, bfloat16 or float16")
+    _check(cfg.out_dtype in ("float32", "bfloat16", "float16"), where, "out_dtype", "must be float32, bfloat16 or float16")
+    _check(cfg.optimizer.name in OPTIMIZERS, where, "optimizer.name", f"= {cfg.optimizer.name}; choose {', '.join(OPTIMIZERS)}")
+    _check(cfg.pruner.name in PRUNERS, where, "pruner.name", f"= {cfg.pruner.name}; choose {', '.join(PRUNERS)}")
+    _check(cfg.genome.layer_group_size >= 1, where, "genome.layer_group_size", "must be >= 1")
+    models = cfg.models
+    _check(len(models.sources) >= 1, where, "models.sources", "must name at least one source model")
+    _check(len(set(models.sources)) == len(models.sources), where, "models.sources", "names a model twice")
+    tasks = cfg.tasks
+    _check(len(tasks.names) >= 1, where, "tasks.names", "must name at least one task")
+    if tasks.weights is not None:
+        _check(len(tasks.weights) == len(tasks.names) and all(w >= 0 for w in tasks.weights) and sum(tasks.weights) > 0,
+               where, "tasks.weights", "must be one non-negative weight per task (or null for equal)")
+    _check(tasks.batch_size >= 1, where, "tasks.batch_size", "must be >= 1")
+    _check(tasks.limit is None or tasks.limit >= 1, where, "tasks.limit", "must be >= 1 or null")
+    stages = list(tasks.stages)
+    _check(len(stages) >= 1 and all(0 < s <= 1 for s in stages) and stages == sorted(set(stages)) and stages[-1] == 1.0,
+           where, "tasks.stages", f"= {stages} must increase strictly within (0, 1] and end at 1.0")
+    method = cfg.method
+    _check(len(method.search) >= 1, where, "method.search", "must search at least one parameter")
+    for name, b in method.search.items():
+        _check(b.low <= b.high, where, f"method.search.{name}", f"low {b.low} > high {b.high}")
+    known = _method_params(method.name)
+    if known is not None:
+        _check(known is not False, where, "method.name", f"= {method.name} is not a known merge method")
+        for name in method.search:
+            _check(name in known, where, f"method.search.{name}", f"is not a parameter of {method.name} ({', '.join(sorted(known))})")
+    if method.name == "slerp":
+        _check(len(models.sources) == 1, where, "models.sources", "slerp merges the base with exactly one source")
+    if cfg.optimizer.multi_objective:
+        _check(len(tasks.names) >= 2, where, "optimizer", f"{cfg.optimizer.name} is multi-objective and needs >= 2 tasks")
+
+
+def _method_params(name: str) -> set[str] | bool | None:
+    """Parameter names of a merge method from merge_core's registry (None if the registry is unavailable)."""
+    try:
+        from merge_core.methods import METHODS
+    except ImportError:
+        return None
+    spec = METHODS.get(name)
+    if spec is None:
+        return False
+    return set(spec.tensor_params) | set(spec.global_params)

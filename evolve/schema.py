@@ -1,0 +1,111 @@
+"""Dataclass schema of a search config, registered in Hydra's ConfigStore so types are checked at composition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class Bounds:
+    """Search range of one merge parameter; per_source=False means one value per layer group for all sources."""
+
+    low: float = 0.0
+    high: float = 1.0
+    per_source: bool = True
+
+
+@dataclass
+class MethodConf:
+    """A merge method: its name, which parameters are searched (and bounds), untuned defaults, fixed options."""
+
+    name: str = MISSING
+    search: Dict[str, Bounds] = field(default_factory=dict)
+    # values of the enqueued baseline trial; weight null = 1 / number of sources
+    baseline: Dict[str, Optional[float]] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelsConf:
+    """Base and source models: prepared on the spot (prepare=name) or folders / Hugging Face ids."""
+
+    prepare: Optional[str] = None
+    prepare_options: Dict[str, Any] = field(default_factory=dict)
+    cache_dir: str = ".cache/evolve/models"
+    base: str = MISSING
+    sources: List[str] = MISSING
+
+
+@dataclass
+class TasksConf:
+    """Which tasks score a candidate, their weights and how much data each stage uses."""
+
+    names: List[str] = MISSING
+    weights: Optional[List[float]] = None
+    batch_size: int = 16
+    limit: Optional[int] = None
+    subset_seed: Optional[int] = None
+    stages: List[float] = field(default_factory=lambda: [1.0])
+
+
+@dataclass
+class OptimizerConf:
+    """Optuna sampler: name (cmaes, tpe, gp, random, nsga2) and its keyword options."""
+
+    name: str = "cmaes"
+    multi_objective: bool = False
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PrunerConf:
+    """Pruner for staged evaluation (median, halving or none)."""
+
+    name: str = "median"
+    n_startup_trials: int = 4
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenomeConf:
+    """Granularity of the search space."""
+
+    layer_group_size: int = 1
+    split_attn_mlp: bool = False
+    embed_group: bool = True
+
+
+@dataclass
+class SearchConfig:
+    """A whole search: the top-level keys every config has plus the groups."""
+
+    study_name: str = MISSING
+    out_dir: str = MISSING
+    storage: Optional[str] = None  # null = sqlite:///<out_dir>/study.db
+    n_trials: int = 16
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"  # dtype of the live candidate model
+    out_dtype: str = "bfloat16"  # dtype of the exported model
+    max_failures_in_row: int = 5
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+    progress: bool = True
+    export: bool = True
+    report: bool = True
+    models: ModelsConf = field(default_factory=ModelsConf)
+    tasks: TasksConf = field(default_factory=TasksConf)
+    method: MethodConf = field(default_factory=MethodConf)
+    optimizer: OptimizerConf = field(default_factory=OptimizerConf)
+    pruner: PrunerConf = field(default_factory=PrunerConf)
+    genome: GenomeConf = field(default_factory=GenomeConf)
+
+
+def register() -> None:
+    """Store the schema as `search_schema` so primary configs list it first in their defaults."""
+    cs = ConfigStore.instance()
+    cs.store(name="search_schema", node=SearchConfig)
