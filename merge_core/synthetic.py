@@ -1,0 +1,221 @@
+"""Tiny (or 1B-shaped) random Llama-3.2-shaped checkpoints and a char-level tokenizer, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+# Llama 3.2's rope scaling, so tiny models exercise the same config path as the real ones.
+LLAMA32_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
+SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|unk|>", "<|pad|>"]
+BOS_ID, EOS_ID, UNK_ID, PAD_ID = range(4)
+_CHARS = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def make_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A char-level fast tokenizer with exactly `vocab_size` ids (specials, printable ASCII, then reserved fillers)."""
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise ValueError(f"vocab_size must be at least {len(SPECIAL_TOKENS) + 1}, got {vocab_size}")
+    tokens = SPECIAL_TOKENS + _CHARS[: vocab_size - len(SPECIAL_TOKENS)]
+    tokens += [f"<|reserved_{i}|>" for i in range(vocab_size - len(tokens))]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS[UNK_ID]))
+    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    core.decoder = decoders.Fuse()
+    bos = SPECIAL_TOKENS[BOS_ID]  # prepended like Llama 3's tokenizer does
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, BOS_ID)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=SPECIAL_TOKENS[BOS_ID],
+        eos_token=SPECIAL_TOKENS[EOS_ID],
+        unk_token=SPECIAL_TOKENS[UNK_ID],
+        pad_token=SPECIAL_TOKENS[PAD_ID],
+        model_max_length=131072,
+    )
+    return tok
+
+
+def llama32_config(
+    *, layers: int, hidden: int, intermediate: int, heads: int, kv_heads: int, vocab: int, tied: bool, dtype: torch.dtype
+) -> dict:
+    """config.json contents of a Llama-3.2-shaped LlamaForCausalLM."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "head_dim": hidden // heads,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": intermediate,
+        "max_position_embeddings": 131072,
+        "mlp_bias": False,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": kv_heads,
+        "pretraining_tp": 1,
+        "rms_norm_eps": 1e-5,
+        "rope_parameters": dict(LLAMA32_ROPE),
+        "tie_word_embeddings": tied,
+        "dtype": _DTYPE_NAMES[dtype],
+        "use_cache": True,
+        "vocab_size": vocab,
+    }
+
+
+def llama_weight_shapes(config: dict) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every weight a Llama checkpoint with this config stores, in file order."""
+    h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    hd = config.get("head_dim") or h // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+    yield "model.embed_tokens.weight", (v, h)
+    for n in range(config["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        yield p + "input_layernorm.weight", (h,)
+        yield p + "self_attn.q_proj.weight", (q, h)
+        yield p + "self_attn.k_proj.weight", (kv, h)
+        yield p + "self_attn.v_proj.weight", (kv, h)
+        yield p + "self_attn.o_proj.weight", (h, q)
+        yield p + "post_attention_layernorm.weight", (h,)
+        yield p + "mlp.gate_proj.weight", (i, h)
+        yield p + "mlp.up_proj.weight", (i, h)
+        yield p + "mlp.down_proj.weight", (h, i)
+    yield "model.norm.weight", (h,)
+    if not config["tie_word_embeddings"]:
+        yield "lm_head.weight", (v, h)
+
+
+def _generator(seed: int, name: str) -> torch.Generator:
+    # One stream per tensor name, so values do not depend on sharding or on which other tensors exist.
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
+def _random_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    gen = _generator(seed, name)
+    if len(shape) == 1:  # norms: near one, but distinct per model so merges are not trivially equal
+        return 1.0 + 0.1 * torch.randn(shape, generator=gen)
+    return 0.02 * torch.randn(shape, generator=gen)
+
+
+def make_checkpoint(
+    path: str | os.PathLike,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    intermediate: int = 128,
+    heads: int = 4,
+    kv_heads: int = 2,
+    vocab: int = 128,
+    tied: bool | None = None,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    like: str | os.PathLike | None = None,
+    noise: float = 0.0,
+    shard_size: int | None = None,
+    tokenizer: bool | PreTrainedTokenizerFast | None = None,
+) -> Path:
+    """Write a random Llama-3.2-shaped HF folder; `like=` copies that checkpoint's shapes and weights plus `noise`.
+
+    Tensors are generated and written one shard at a time, so 1B-shaped checkpoints fit in memory.
+    `tied=None` means True, or like's tie flag. `tokenizer=None` writes a char-level tokenizer when vocab <= 4096.
+    """
+    from merge_core.checkpoint import Checkpoint  # local: checkpoint imports nothing from here, keep it that way
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    parent = Checkpoint(like) if like is not None else None
+    if parent is not None:
+        c = parent.config
+        tied = parent.tied if tied is None else tied
+        config = llama32_config(
+            layers=c["num_hidden_layers"], hidden=c["hidden_size"], intermediate=c["intermediate_size"],
+            heads=c["num_attention_heads"], kv_heads=c["num_key_value_heads"], vocab=c["vocab_size"],
+            tied=tied, dtype=dtype,
+        )
+        config["rope_parameters"] = c.get("rope_parameters", config["rope_parameters"])
+    else:
+        config = llama32_config(
+            layers=layers, hidden=hidden, intermediate=intermediate, heads=heads, kv_heads=kv_heads,
+            vocab=vocab, tied=True if tied is None else tied, dtype=dtype,
+        )
+
+    written = 0  # shards written so far
+    current: dict[str, torch.Tensor] = {}
+    current_bytes = total_bytes = 0
+    names: list[tuple[str, int]] = []
+
+    def flush() -> None:
+        nonlocal current, current_bytes, written
+        if current:
+            written += 1
+            _write_shard(out, current, written, shard_size is not None)
+        current, current_bytes = {}, 0
+
+    for name, shape in llama_weight_shapes(config):
+        if parent is not None:
+            tensor = parent.get(name).to(torch.float32)
+            if noise:
+                tensor = tensor + noise * torch.randn(shape, generator=_generator(seed, name))
+        else:
+            tensor = _random_tensor(name, shape, seed)
+        tensor = tensor.to(dtype).contiguous()
+        size = tensor.numel() * tensor.element_size()
+        if shard_size is not None and current and current_bytes + size > shard_size:
+            flush()
+        current[name] = tensor
+        current_bytes += size
+        total_bytes += size
+        names.append((name, written + 1))
+    flush()
+    _finish_shards(out, names, written, total_bytes, shard_size is not None)
+
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    gen_cfg = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "do_sample": False}
+    (out / "generation_config.json").write_text(json.dumps(gen_cfg, indent=2) + "\n")
+    if tokenizer is None:
+        tokenizer = config["vocab_size"] <= 4096
+    if tokenizer is True:
+        tokenizer = make_tokenizer(config["vocab_size"])
+    if tokenizer:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def _write_shard(out: Path, tensors: dict[str, torch.Tensor], index: int, sharded: bool) -> None:
+    name = f"model-{index:05d}.safetensors.partial" if sharded else "model.safetensors"
+    save_file(tensors, str(out / name), metadata={"format": "pt"})
+
+
+def _finish_shards(out: Path, names: list[tuple[str, int]], count: int, total: int, sharded: bool) -> None:
+    # Shard file names carry the total count, known only at the end.
+    if not sharded:
+        return
+    files = {}
+    for i in range(1, count + 1):
+        final = f"model-{i:05d}-of-{count:05d}.safetensors"
+        partial = out / f"model-{i:05d}.safetensors.partial"
+        partial.rename(out / final)
+        files[i] = final
+    index = {"metadata": {"total_size": total}, "weight_map": {n: files[i] for n, i in names}}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
