@@ -1,0 +1,96 @@
+"""Linear, SLERP and Model Stock merges (mergekit 0.1.5 semantics), one per-tensor function each."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from merge_core.methods.registry import REQUIRED, register
+
+Tensors = dict[str, torch.Tensor]
+Params = dict[str, dict[str, Any]]
+
+
+@register(
+    "linear",
+    tensor_params={"weight": REQUIRED},
+    global_params={"normalize": True},
+    needs_base=False,
+    random=False,
+    base_needs=("weight",),
+)
+def linear(tensors: Tensors, base: str | None, params: Params, options: dict[str, Any], generator: torch.Generator | None) -> torch.Tensor:
+    """Weighted sum of every input, divided by the weight sum when `normalize`."""
+    stacked = torch.stack(list(tensors.values()))
+    weights = torch.tensor([float(params[m]["weight"]) for m in tensors], dtype=stacked.dtype, device=stacked.device)
+    weights = weights.view(-1, *([1] * (stacked.dim() - 1)))
+    out = (weights * stacked).sum(dim=0)
+    if options["normalize"]:
+        total = weights.sum(dim=0)
+        if float(total.reshape(-1)[0]) == 0:
+            raise ValueError("linear weights sum to 0 with normalize: true; give some model a non-zero weight")
+        out = out / total
+    return out
+
+
+@register("slerp", tensor_params={}, global_params={"t": REQUIRED}, needs_base=True, random=False, exact_inputs=2)
+def slerp(tensors: Tensors, base: str | None, params: Params, options: dict[str, Any], generator: torch.Generator | None) -> torch.Tensor:
+    """Spherical interpolation from the base (t=0) to the other model (t=1); lerp when ~parallel."""
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    if len(tensors) != 2 or base not in tensors:
+        raise ValueError("slerp needs exactly two inputs, one of them the base model")
+    v0 = tensors[base]
+    v1 = next(v for m, v in tensors.items() if m != base)
+    t = float(options["t"])
+    eps = 1e-8
+    n0, n1 = v0.norm(), v1.norm()
+    u0 = v0 / n0 if n0 > eps else v0
+    u1 = v1 / n1 if n1 > eps else v1
+    dot = float((u0 * u1).sum())
+    if abs(dot) > 0.9995:
+        return (1 - t) * v0 + t * v1
+    theta0 = math.acos(dot)
+    s0 = math.sin(theta0 - theta0 * t) / math.sin(theta0)
+    s1 = math.sin(theta0 * t) / math.sin(theta0)
+    return s0 * v0 + s1 * v1
+
+
+@register(
+    "model_stock",
+    tensor_params={},
+    global_params={"filter_wise": False},
+    needs_base=True,
+    random=False,
+    min_non_base=2,
+)
+def model_stock(tensors: Tensors, base: str | None, params: Params, options: dict[str, Any], generator: torch.Generator | None) -> torch.Tensor:
+    """Move from the base toward the models' mean by t = N cos / (1 + (N-1) cos) of their offsets."""
+    if base is None or base not in tensors:
+        raise ValueError("model_stock needs the base model's tensor")
+    w0 = tensors[base]
+    ws = [v for m, v in tensors.items() if m != base]
+    if not ws:
+        return w0
+    if len(ws) < 2:
+        raise ValueError("model_stock needs at least two models besides the base")
+    shape = w0.shape
+    if options["filter_wise"]:
+        # one angle per output row; 1-D tensors count as a single row
+        if w0.dim() == 1:
+            w0, ws = w0.unsqueeze(0), [w.unsqueeze(0) for w in ws]
+    else:
+        w0, ws = w0.reshape(-1), [w.reshape(-1) for w in ws]
+    offsets = [w - w0 for w in ws]
+    cosines = []
+    for i in range(len(offsets)):
+        for j in range(i + 1, len(offsets)):
+            norms = offsets[i].norm(dim=-1) * offsets[j].norm(dim=-1)
+            cosines.append(((offsets[i] * offsets[j]).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
+    cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
+    n = len(ws)
+    t = (n * cos) / (1 + (n - 1) * cos)
+    mean = sum(ws) / n
+    return (t * mean + (1 - t) * w0).reshape(shape)
