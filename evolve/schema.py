@@ -76,7 +76,6 @@ class GenomeConf:
 
     layer_group_size: int = 1
     split_attn_mlp: bool = False
-    embed_group: bool = True
 
 
 @dataclass

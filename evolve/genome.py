@@ -1,0 +1,165 @@
+"""The search space, declared once (`declare`), and genome -> mergekit models-form recipe.
+
+Layout of a genome: for every searched parameter of the method, per source model (or shared, for global
+parameters such as slerp's `t`), one float per layer group (`genome.layer_group_size` consecutive layers;
+attention and MLP apart when `genome.split_attn_mlp`) plus one float for the embeddings/final norm/head.
+
+In the recipe each group value is repeated for every layer of its group, giving a gradient list with exactly
+one value per layer; mergekit evaluates layer i of n at t = i/(n-1), which indexes that list exactly, so
+mergekit and merge_core read the same per-layer values. With split_attn_mlp, `input_layernorm` follows the
+attention value and `post_attention_layernorm` the MLP value.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+# Substrings of tensor names (mergekit filter semantics: first matching condition wins).
+EMBED_FILTERS = ("embed_tokens", "lm_head", "model.norm")
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One searched float: parameter, source index (None = shared by all sources), part and group."""
+
+    name: str
+    param: str
+    source: int | None
+    part: str  # "embed", "layer", "attn" or "mlp"
+    group: int | None
+    low: float
+    high: float
+
+
+@dataclass
+class Genome:
+    """A declared search space and everything needed to turn a point of it into a recipe."""
+
+    method: str
+    base: str | None
+    sources: list[str]
+    n_layers: int
+    group_size: int
+    split: bool
+    genes: list[Gene]
+    baseline: dict[str, float | None]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_groups(self) -> int:
+        """Number of layer groups."""
+        return math.ceil(self.n_layers / self.group_size)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The per-layer parts a layer group is split into."""
+        return ("attn", "mlp") if self.split else ("layer",)
+
+    def distributions(self) -> dict[str, optuna.distributions.FloatDistribution]:
+        """The Optuna search space: identical on every trial, floats only."""
+        return {g.name: optuna.distributions.FloatDistribution(g.low, g.high) for g in self.genes}
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, float]:
+        """Ask the trial for every gene, in declaration order."""
+        return {g.name: trial.suggest_float(g.name, g.low, g.high) for g in self.genes}
+
+    def baselines(self) -> list[dict[str, float]]:
+        """Untuned starting points to enqueue: equal weights (1/n) and the method's default density/t."""
+        n = len(self.sources)
+        points = []
+        for weight in (1.0 / n, 1.0):
+            point = {}
+            for g in self.genes:
+                value = self.baseline.get(g.param)
+                if g.param == "weight":
+                    value = weight if value is None else value
+                if value is None:
+                    value = (g.low + g.high) / 2
+                point[g.name] = min(max(float(value), g.low), g.high)
+            if point not in points:
+                points.append(point)
+        # a second (weight 1.0) point only matters when weights are not normalized away
+        if self.options.get("normalize", False) or "weight" not in {g.param for g in self.genes}:
+            points = points[:1]
+        return points
+
+    def layer_values(self, params: dict[str, float]) -> dict[str, dict[int | None, dict[str, list[float]]]]:
+        """Per-layer values: param -> source index (None = shared) -> part -> list (one per layer; embed: [x])."""
+        out: dict[str, dict[int | None, dict[str, list[float]]]] = {}
+        for g in self.genes:
+            parts = out.setdefault(g.param, {}).setdefault(g.source, {})
+            if g.part == "embed":
+                parts["embed"] = [params[g.name]]
+                continue
+            values = parts.setdefault(g.part, [math.nan] * self.n_layers)
+            start = g.group * self.group_size
+            for layer in range(start, min(start + self.group_size, self.n_layers)):
+                values[layer] = params[g.name]
+        return out
+
+    def _setting(self, parts: dict[str, list[float]]) -> list[dict[str, Any]]:
+        """mergekit conditional parameter list for one (param, source)."""
+        embed = parts["embed"][0]
+        conds: list[dict[str, Any]] = [{"filter": f, "value": embed} for f in EMBED_FILTERS]
+        if self.split:
+            conds.append({"filter": "post_attention_layernorm", "value": parts["mlp"]})
+            conds.append({"filter": "mlp", "value": parts["mlp"]})
+            conds.append({"value": parts["attn"]})
+        else:
+            conds.append({"value": parts["layer"]})
+        return conds
+
+    def recipe_dict(self, params: dict[str, float], provenance: dict[str, Any] | None = None,
+                    dtype: str = "float32", out_dtype: str | None = None) -> dict[str, Any]:
+        """A mergekit models-form config for `params`; `evolve_merge` carries the seed and provenance."""
+        values = self.layer_values(params)
+        models = []
+        for i, src in enumerate(self.sources):
+            per = {p: self._setting(by_src[i]) for p, by_src in values.items() if i in by_src}
+            models.append({"model": src, "parameters": per} if per else {"model": src})
+        globals_ = {p: self._setting(by_src[None]) for p, by_src in values.items() if None in by_src}
+        recipe: dict[str, Any] = {"merge_method": self.method}
+        if self.base is not None:
+            recipe["base_model"] = self.base
+        recipe["models"] = models
+        parameters = dict(self.options)
+        parameters.update(globals_)
+        if parameters:
+            recipe["parameters"] = parameters
+        recipe["dtype"] = dtype
+        if out_dtype:
+            recipe["out_dtype"] = out_dtype
+        recipe["evolve_merge"] = dict(provenance or {})
+        return recipe
+
+
+def declare(method: DictConfig | dict, genome: DictConfig | dict, *, n_layers: int, base: str,
+            sources: list[str]) -> Genome:
+    """The one declaration of the search space for a method config, genome config and model shape."""
+    method = OmegaConf.to_container(method, resolve=True) if isinstance(method, DictConfig) else dict(method)
+    genome = OmegaConf.to_container(genome, resolve=True) if isinstance(genome, DictConfig) else dict(genome)
+    group_size = int(genome.get("layer_group_size", 1))
+    split = bool(genome.get("split_attn_mlp", False))
+    n_groups = math.ceil(n_layers / group_size)
+    parts = ("attn", "mlp") if split else ("layer",)
+    genes: list[Gene] = []
+    for param, b in method["search"].items():
+        owners: list[int | None] = list(range(len(sources))) if b.get("per_source", True) else [None]
+        for src in owners:
+            prefix = f"{param}.s{src}" if src is not None else param
+            genes.append(Gene(f"{prefix}.embed", param, src, "embed", None, b["low"], b["high"]))
+            for part in parts:
+                for g in range(n_groups):
+                    genes.append(Gene(f"{prefix}.{part}{g:02d}", param, src, part, g, b["low"], b["high"]))
+    # linear averages the sources alone; mergekit would otherwise add the base as a weighted input
+    uses_base = method["name"] != "linear"
+    return Genome(
+        method=method["name"], base=base if uses_base else None, sources=list(sources), n_layers=n_layers,
+        group_size=group_size, split=split, genes=genes, baseline=dict(method.get("baseline") or {}),
+        options=dict(method.get("options") or {}),
+    )

@@ -1,0 +1,103 @@
+"""Genome: one declared float space, per-layer values, and a recipe mergekit reads to the same per-layer values."""
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from evolve.genome import declare
+
+TIES = {"name": "ties", "search": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.1, "high": 1.0}},
+        "baseline": {"weight": None, "density": 0.5}, "options": {"normalize": True}}
+SLERP = {"name": "slerp", "search": {"t": {"low": 0.0, "high": 1.0, "per_source": False}}, "baseline": {"t": 0.5}}
+MKPY = Path("/opt/mkvenv/bin/python")
+
+
+def _random_params(genome, seed=0):
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed)).ask()
+    return genome.suggest(trial)
+
+
+@pytest.mark.parametrize("group,split,expected", [(1, False, 2 * 2 * (1 + 5)), (2, True, 2 * 2 * (1 + 2 * 3))])
+def test_space_size_and_names_are_stable(group, split, expected):
+    g = declare(TIES, {"layer_group_size": group, "split_attn_mlp": split}, n_layers=5, base="B", sources=["x", "y"])
+    space = g.distributions()
+    assert len(space) == expected
+    assert list(space) == list(declare(TIES, {"layer_group_size": group, "split_attn_mlp": split}, n_layers=5,
+                                       base="B", sources=["x", "y"]).distributions())
+    assert all(isinstance(d, optuna.distributions.FloatDistribution) for d in space.values())
+
+
+def test_groups_map_to_consecutive_layers():
+    g = declare(TIES, {"layer_group_size": 2, "split_attn_mlp": False}, n_layers=5, base="B", sources=["x", "y"])
+    params = _random_params(g)
+    lv = g.layer_values(params)
+    w = lv["weight"][1]["layer"]
+    assert w[0] == w[1] == params["weight.s1.layer00"] and w[2] == w[3] == params["weight.s1.layer01"]
+    assert w[4] == params["weight.s1.layer02"] and not any(math.isnan(v) for v in w)
+    assert lv["density"][0]["embed"] == [params["density.s0.embed"]]
+
+
+def test_baseline_is_equal_weights_and_default_density():
+    g = declare(TIES, {}, n_layers=3, base="B", sources=["x", "y", "z"])
+    (point,) = g.baselines()  # normalize: true makes 1/n and 1.0 the same merge
+    assert set(point) == set(g.distributions())
+    assert all(v == pytest.approx(1 / 3) for k, v in point.items() if k.startswith("weight"))
+    assert all(v == 0.5 for k, v in point.items() if k.startswith("density"))
+    ta = dict(TIES, name="task_arithmetic", options={"normalize": False})
+    assert len(declare(ta, {}, n_layers=3, base="B", sources=["x", "y"]).baselines()) == 2
+
+
+def test_slerp_t_is_a_global_gradient():
+    g = declare(SLERP, {"layer_group_size": 1}, n_layers=4, base="B", sources=["x"])
+    r = g.recipe_dict(_random_params(g), {"seed": 3})
+    assert r["base_model"] == "B" and r["models"] == [{"model": "x"}]
+    assert r["parameters"]["t"][-1]["value"] == g.layer_values(_random_params(g))["t"][None]["layer"]
+
+
+@pytest.mark.skipif(not MKPY.exists(), reason="mergekit venv not installed")
+@pytest.mark.parametrize("split", [False, True])
+def test_mergekit_reads_the_same_per_layer_values(tmp_path, split):
+    n = 7
+    g = declare(TIES, {"layer_group_size": 2, "split_attn_mlp": split}, n_layers=n, base="B", sources=["x", "y"])
+    params = _random_params(g, seed=1)
+    recipe = g.recipe_dict(params, {"seed": 0, "study": "s"})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+    for i in range(n):
+        names += [f"model.layers.{i}.{s}" for s in ("self_attn.q_proj.weight", "mlp.up_proj.weight",
+                                                    "input_layernorm.weight", "post_attention_layernorm.weight")]
+    script = (
+        "import sys, json, yaml\n"
+        "from mergekit.config import MergeConfiguration, evaluate_setting\n"
+        "cfg = MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1])))\n"
+        "names = json.loads(sys.argv[2]); n = int(sys.argv[3]); out = {}\n"
+        "for m in cfg.models:\n"
+        "    for p, setting in m.parameters.items():\n"
+        "        for name in names:\n"
+        "            layer = int(name.split('.')[2]) if '.layers.' in name else 0\n"
+        "            t = layer / (n - 1) if '.layers.' in name else 0\n"
+        "            out[f'{m.model.model.path}|{p}|{name}'] = evaluate_setting(name, setting, t, validate=float)\n"
+        "print(json.dumps(out))\n"
+    )
+    res = subprocess.run([str(MKPY), "-c", script, str(path), json.dumps(names), str(n)],
+                         capture_output=True, text=True, check=True)
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    lv = g.layer_values(params)
+    for key, value in got.items():
+        src, param, name = key.split("|")
+        parts = lv[param][["x", "y"].index(src)]
+        if ".layers." not in name:
+            want = parts["embed"][0]
+        else:
+            layer = int(name.split(".")[2])
+            part = "layer" if not split else ("mlp" if ("mlp" in name or "post_attention" in name) else "attn")
+            want = parts[part][layer]
+        assert value == pytest.approx(want, abs=1e-12), key
