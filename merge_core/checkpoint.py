@@ -115,7 +115,8 @@ class Checkpoint:
         for name in names:
             self._where[name] = file
 
-    def _resolve(self, name: str) -> str:
+    def resolve(self, name: str) -> str:
+        """The stored name behind `name` (a tied head is the embedding)."""
         # A tied head is the embedding (that is what transformers loads), even if a stale head is stored too.
         if name == HEAD and self.tied:
             return EMBED
@@ -123,11 +124,11 @@ class Checkpoint:
 
     def has(self, name: str) -> bool:
         """True if `name` can be read (a tied head counts as present when the embedding is)."""
-        return self._resolve(name) in self._where
+        return self.resolve(name) in self._where
 
     def get(self, name: str) -> torch.Tensor:
         """Read one tensor (CPU, stored dtype)."""
-        real = self._resolve(name)
+        real = self.resolve(name)
         file = self._where.get(real)
         if file is None:
             raise UserError(f"{self.path}: has no tensor {name!r}; check the model matches the recipe's architecture")
@@ -140,7 +141,7 @@ class Checkpoint:
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of one tensor without reading its data."""
-        real = self._resolve(name)
+        real = self.resolve(name)
         file = self._where.get(real)
         if file is None:
             raise UserError(f"{self.path}: has no tensor {name!r}; check the model matches the recipe's architecture")
@@ -177,6 +178,7 @@ class Checkpoint:
         return f"Checkpoint({str(self.path)!r}, tied={self.tied}, tensors={len(self.names)})"
 
 
+DTYPES_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SAFETENSORS_DTYPES = {
     "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,

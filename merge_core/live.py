@@ -1,0 +1,92 @@
+"""Apply a recipe into a live model in place: built once, then overwritten parameter by parameter per candidate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from merge_core.checkpoint import DTYPES_BY_NAME
+from merge_core.errors import UserError
+from merge_core.plan import merge_tensor, plan_tensors
+from merge_core.recipe import Recipe
+from merge_core.sources import Sources
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto'/None -> cuda when available, else cpu; anything else as given (UserError if unusable)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device: {device!r} is not a device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device: {device!r} but no CUDA GPU is available; use device=cpu or device=auto")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:
+    """A dtype from its name (float32, bfloat16, float16) or None -> default."""
+    if dtype is None:
+        return default
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES_BY_NAME:
+        raise UserError(f"dtype: {dtype!r} is not supported; use one of {', '.join(DTYPES_BY_NAME)}")
+    return DTYPES_BY_NAME[dtype]
+
+
+def build_live_model(
+    sources: Sources, device: str | torch.device | None = "auto", dtype: str | torch.dtype | None = None
+) -> PreTrainedModel:
+    """One model shaped like the base, on `device`, tied per the rule; its weights are garbage until merge_into."""
+    from transformers.initialization import no_init_weights
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, sources.models[sources.base_id].dtype)
+    config_dict = sources.output_config(dt)
+    config = AutoConfig.for_model(**config_dict)
+    # Random init would be thrown away by the first merge; skipping it saves seconds on 1B models.
+    with no_init_weights(), torch.device(dev):
+        model = AutoModelForCausalLM.from_config(config, dtype=dt)
+    if sources.output_tied:
+        model.tie_weights()
+    model.requires_grad_(False)
+    model.eval()
+    return model
+
+
+def merge_into(model: PreTrainedModel, recipe: Recipe, sources: Sources, cache: bool = True) -> None:
+    """Write every tensor the recipe plans into the model's parameters in place (no state_dict copies).
+
+    With `cache`, source tensors are kept on the model's device after the first call, so later candidates
+    merge without reading the checkpoints again (memory: the sources' total size, in their stored dtype).
+    """
+    plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [p.out_name for p in plans if p.out_name not in params]
+    if missing:
+        raise UserError(f"{recipe.where}: the live model has no parameter {missing[0]}; build it with build_live_model(sources)")
+    device = next(iter(params.values())).device
+    fetch = _cached_fetch(sources, device) if cache else sources.get
+    with torch.no_grad():
+        for plan in plans:
+            merged = merge_tensor(plan, fetch, recipe.seed, device)
+            params[plan.out_name].data.copy_(merged.to(params[plan.out_name].dtype))
+
+
+def _cached_fetch(sources: Sources, device: torch.device) -> Callable[[str, str], torch.Tensor]:
+    # Keyed by checkpoint and *resolved* tensor name, so a tied head shares its embedding's copy.
+    store = sources.device_cache
+
+    def fetch(model_id: str, name: str) -> torch.Tensor:
+        ck = sources.models[model_id]
+        key = (str(ck.path), ck.resolve(name), str(device))
+        tensor = store.get(key)
+        if tensor is None:
+            tensor = store[key] = ck.get(name).to(device)
+        return tensor
+
+    return fetch

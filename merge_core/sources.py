@@ -1,0 +1,187 @@
+"""All models of a recipe, opened once and validated (config, shapes, finite values) before any merging."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from merge_core.architecture import Architecture, get_architecture
+from merge_core.checkpoint import HEAD, Checkpoint
+from merge_core.errors import UserError
+from merge_core.recipe import Recipe
+
+# Config keys that must agree between every source (the output is built from one config).
+SHAPE_KEYS = (
+    "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size", "vocab_size",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_CHUNK = 1 << 22  # elements per isfinite pass: bounded scratch memory on 1B-sized embeddings
+
+
+def _from_hub_cache(model_id: str) -> Path | None:
+    # Local-only lookup of an already-downloaded snapshot; never touches the network.
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # any miss (not cached, bad id, no huggingface_hub) means "not local"
+        return None
+
+
+def resolve_model_path(model_id: str, recipe_dir: Path | None, where: str) -> Path:
+    """Local folder of a recipe's model id: relative to the recipe's folder, then the CWD, then the HF cache."""
+    path = Path(model_id).expanduser()
+    candidates = [path] if path.is_absolute() else [*([recipe_dir / path] if recipe_dir else []), Path.cwd() / path]
+    for cand in candidates:
+        if cand.is_dir():
+            return cand.resolve()
+    if _HUB_ID.match(model_id) and not model_id.startswith((".", "~")):
+        cached = _from_hub_cache(model_id)
+        if cached is not None:
+            return cached
+        raise UserError(
+            f"{where}: model {model_id!r} is not a local folder; models must be local (no hub downloads): "
+            f"download it first (huggingface-cli download {model_id} --local-dir DIR) and write DIR in the recipe"
+        )
+    tried = " or ".join(str(c) for c in candidates)
+    raise UserError(f"{where}: model folder {model_id!r} not found (looked for {tried}); fix the path in the recipe")
+
+
+def has_nonfinite(tensor: torch.Tensor) -> bool:
+    """True if any element is NaN or +-inf (checked in chunks to bound scratch memory)."""
+    flat = tensor.reshape(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        if not torch.isfinite(flat[start : start + _CHUNK]).all():
+            return True
+    return False
+
+
+class Sources:
+    """The recipe's models by id, one Checkpoint each, plus the facts the output is built from."""
+
+    def __init__(
+        self, models: dict[str, Checkpoint], base_id: str, architecture: Architecture, tokenizer_path: Path, where: str
+    ) -> None:
+        self.models = models
+        self.base_id = base_id
+        self.architecture = architecture
+        self.tokenizer_path = tokenizer_path
+        self.where = where
+        self.base_config: dict = dict(models[base_id].config)
+        # DESIGN.md: the output is tied only when every source is tied.
+        self.output_tied: bool = all(ck.tied for ck in models.values())
+        # (checkpoint path, stored name, device) -> tensor, filled by live.merge_into's cached fetch
+        self.device_cache: dict[tuple[str, str, str], torch.Tensor] = {}
+
+    @classmethod
+    def open(
+        cls,
+        recipe: Recipe,
+        recipe_dir: str | os.PathLike | None = None,
+        allow_pickle: bool = False,
+        check_finite: bool = True,
+    ) -> Sources:
+        """Open every model of `recipe` once and validate them all; raises UserError before any merging."""
+        root = Path(recipe_dir) if recipe_dir is not None else recipe.root
+        where = recipe.where
+        opened: dict[Path, Checkpoint] = {}
+        models: dict[str, Checkpoint] = {}
+        for model_id in recipe.model_ids():
+            path = resolve_model_path(model_id, root, where)
+            if path not in opened:
+                opened[path] = Checkpoint(path, allow_pickle=allow_pickle)
+            models[model_id] = opened[path]
+        base_id = recipe.base_model or recipe.model_ids()[0]
+        arch = _check_configs(models, base_id, where)
+        _check_weights(models, arch, where, check_finite)
+        tokenizer_path = _tokenizer_path(recipe, models, base_id, root, where)
+        return cls(models, base_id, arch, tokenizer_path, where)
+
+    def get(self, model_id: str, name: str) -> torch.Tensor:
+        """One tensor of one source (CPU, stored dtype); a tied source's head is its embedding."""
+        return self.models[model_id].get(name)
+
+    def output_config(self, dtype: torch.dtype) -> dict:
+        """The output's config.json contents: the base's, with the tie flag per the tied rule and the output dtype."""
+        config = dict(self.base_config)
+        config["tie_word_embeddings"] = self.output_tied
+        config["dtype"] = str(dtype).removeprefix("torch.")
+        config.pop("torch_dtype", None)
+        return config
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder layers of the output (the sources all have this many)."""
+        return self.architecture.num_layers(self.base_config)
+
+
+def _check_configs(models: dict[str, Checkpoint], base_id: str, where: str) -> Architecture:
+    base = models[base_id]
+    arch = get_architecture(base.config)
+    for model_id, ck in models.items():
+        try:
+            other = get_architecture(ck.config)
+        except UserError as exc:
+            raise UserError(f"{ck.path / 'config.json'}: {str(exc).split(': ', 1)[-1]}") from None
+        if other.name != arch.name:
+            raise UserError(
+                f"{where}: models {base_id!r} ({arch.name}) and {model_id!r} ({other.name}) are different architectures; "
+                "merge models of one family"
+            )
+        for key in SHAPE_KEYS:
+            a, b = base.config.get(key), ck.config.get(key)
+            if key == "num_key_value_heads":  # absent means plain multi-head attention
+                a = a or base.config.get("num_attention_heads")
+                b = b or ck.config.get("num_attention_heads")
+            if a != b:
+                raise UserError(
+                    f"{where}: models {base_id!r} and {model_id!r} differ in {key} ({a} vs {b}); "
+                    "merge models of the same size and vocabulary"
+                )
+    return arch
+
+
+def _check_weights(models: dict[str, Checkpoint], arch: Architecture, where: str, check_finite: bool) -> None:
+    specs = arch.weights(next(iter(models.values())).config)
+    seen: set[int] = set()
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    for model_id, ck in models.items():
+        for spec in specs:
+            if not ck.has(spec.name):
+                if spec.optional:
+                    continue
+                raise UserError(f"{where}: model {model_id!r} ({ck.path}) has no tensor {spec.name}; use a complete checkpoint")
+            shape = ck.shape(spec.name)
+            first = shapes.setdefault(spec.name, (shape, model_id))
+            if shape != first[0]:
+                raise UserError(
+                    f"{where}: {spec.name} has shape {list(first[0])} in {first[1]!r} but {list(shape)} in {model_id!r}; "
+                    "merge models of the same size"
+                )
+        if check_finite and id(ck) not in seen:
+            seen.add(id(ck))
+            for spec in specs:
+                if spec.kind == "head" and ck.tied or not ck.has(spec.name):
+                    continue
+                if has_nonfinite(ck.get(spec.name)):
+                    raise UserError(
+                        f"{where}: model {model_id!r} ({ck.path}): tensor {spec.name} contains NaN or inf; "
+                        "use an intact checkpoint (or pass check_finite=false if you really mean it)"
+                    )
+
+
+def _tokenizer_path(recipe: Recipe, models: dict[str, Checkpoint], base_id: str, root: Path | None, where: str) -> Path:
+    source = recipe.tokenizer_source
+    if source in (None, "base"):
+        return models[base_id].path
+    if source == "union":
+        raise UserError(f"{where}: tokenizer_source: 'union' is not supported; use base or one model's id")
+    if source in models:
+        return models[source].path
+    return resolve_model_path(source, root, f"{where}: tokenizer_source")
+
+
+__all__ = ["HEAD", "SHAPE_KEYS", "Sources", "has_nonfinite", "resolve_model_path"]

@@ -1,0 +1,174 @@
+"""Apply a recipe into a Hugging Face model folder, streaming tensor by tensor into shards, renamed into place at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import save_file
+
+from merge_core.errors import UserError
+from merge_core.live import resolve_device, resolve_dtype
+from merge_core.plan import merge_tensor, plan_tensors
+from merge_core.recipe import Recipe, recipe_to_dict
+from merge_core.sources import Sources
+
+CARD_MARKER = "<!-- written by evolve-merge -->"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
+    "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+)
+DEFAULT_SHARD_SIZE = 2 * 1000**3
+
+
+def check_out_dir(out_dir: str | os.PathLike) -> Path:
+    """Refuse an output path we must not overwrite: a file, or a non-empty folder that is not an earlier output of ours."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out: {out} is a file; give a folder path (it is created)")
+    if out.is_dir() and any(out.iterdir()) and CARD_MARKER not in _read(out / "README.md"):
+        raise UserError(f"out: {out} is a non-empty folder not written by evolve-merge; choose a new or empty folder")
+    return out
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def write_model(
+    recipe: Recipe,
+    sources: Sources,
+    out_dir: str | os.PathLike,
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    card_extra: str = "",
+) -> Path:
+    """Merge `recipe` into a HF folder at `out_dir` (atomic: built in a temp folder beside it, then renamed).
+
+    An existing `out_dir` is replaced only if it is empty or an earlier output of ours (its README carries our
+    marker). dtype: None -> the recipe's out_dtype or dtype, else the base model's. `card_extra` is appended
+    to the README model card (e.g. scores).
+    """
+    out = check_out_dir(out_dir)
+    if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size <= 0:
+        raise UserError(f"shard_size: {shard_size!r} is not a positive number of bytes; use e.g. 2GB or 500MB")
+    dev = resolve_device(device)
+    out_dtype = resolve_dtype(dtype or recipe.out_dtype or recipe.dtype, sources.models[sources.base_id].dtype)
+    plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_tensors(plans, recipe, sources, tmp, shard_size, out_dtype, dev, progress)
+        _write_metadata(recipe, sources, tmp, out_dtype, card_extra)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progress) -> None:
+    from tqdm.auto import tqdm
+
+    shard: dict[str, torch.Tensor] = {}
+    shard_bytes = total_bytes = 0
+    where: dict[str, int] = {}
+    count = 0
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes, count
+        if shard:
+            count += 1
+            save_file(shard, str(tmp / f"shard-{count}.partial"), metadata={"format": "pt"})
+        shard, shard_bytes = {}, 0
+
+    for plan in tqdm(plans, desc="merging", unit="tensor", disable=not progress):
+        tensor = merge_tensor(plan, sources.get, recipe.seed, device).to(dtype).cpu().contiguous()
+        size = tensor.numel() * tensor.element_size()
+        if shard and shard_bytes + size > shard_size:
+            flush()
+        shard[plan.out_name] = tensor
+        shard_bytes += size
+        total_bytes += size
+        where[plan.out_name] = count + 1
+    flush()
+
+    if count == 1:
+        (tmp / "shard-1.partial").rename(tmp / "model.safetensors")
+        return
+    names = {i: f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)}
+    for i, name in names.items():
+        (tmp / f"shard-{i}.partial").rename(tmp / name)
+    index = {"metadata": {"total_size": total_bytes}, "weight_map": {t: names[i] for t, i in where.items()}}
+    _write_json(tmp / "model.safetensors.index.json", index)
+
+
+def _write_metadata(recipe: Recipe, sources: Sources, tmp: Path, dtype: torch.dtype, card_extra: str) -> None:
+    config = sources.output_config(dtype)
+    _write_json(tmp / "config.json", config)
+    base_dir = sources.models[sources.base_id].path
+    gen = base_dir / "generation_config.json"
+    if gen.is_file():
+        shutil.copyfile(gen, tmp / "generation_config.json")
+    else:
+        derived = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+        _write_json(tmp / "generation_config.json", derived)
+    for name in TOKENIZER_FILES:
+        if (sources.tokenizer_path / name).is_file():
+            shutil.copyfile(sources.tokenizer_path / name, tmp / name)
+    (tmp / "README.md").write_text(model_card(recipe, sources, card_extra), encoding="utf-8")
+
+
+def model_card(recipe: Recipe, sources: Sources, extra: str = "") -> str:
+    """README.md: front matter, what was merged, the recipe YAML (and `extra`, e.g. scores)."""
+    recipe_yaml = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+    front = {"base_model": list(recipe.model_ids()), "library_name": "transformers", "tags": ["merge", "evolve-merge"]}
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        CARD_MARKER,
+        "# Merged model",
+        "",
+        f"Built by evolve-merge with the `{recipe.merge_method}` method from {len(sources.models)} model(s); "
+        f"word embeddings {'tied' if sources.output_tied else 'untied'}.",
+        "",
+        "## Recipe (mergekit-compatible)",
+        "",
+        "```yaml",
+        recipe_yaml.rstrip(),
+        "```",
+        "",
+    ]
+    if extra:
+        lines += [extra.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    # Re-check: another process may have created out meanwhile; never replace something that is not ours.
+    check_out_dir(out)
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
