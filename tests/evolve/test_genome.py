@@ -2,9 +2,7 @@
 
 import json
 import math
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -62,37 +60,41 @@ def test_slerp_t_is_a_global_gradient():
 
 
 @pytest.mark.skipif(not MKPY.exists(), reason="mergekit venv not installed")
-@pytest.mark.parametrize("split", [False, True])
-def test_mergekit_reads_the_same_per_layer_values(tmp_path, split):
+def test_mergekit_reads_the_same_per_layer_values(tmp_path):
     n = 7
-    g = declare(TIES, {"layer_group_size": 2, "split_attn_mlp": split}, n_layers=n, base="B", sources=["x", "y"])
-    params = _random_params(g, seed=1)
-    recipe = g.recipe_dict(params, {"seed": 0, "study": "s"})
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
     for i in range(n):
         names += [f"model.layers.{i}.{s}" for s in ("self_attn.q_proj.weight", "mlp.up_proj.weight",
                                                     "input_layernorm.weight", "post_attention_layernorm.weight")]
+    cases = {}
+    for split in (False, True):
+        g = declare(TIES, {"layer_group_size": 2, "split_attn_mlp": split}, n_layers=n, base="B", sources=["x", "y"])
+        params = _random_params(g, seed=int(split))
+        path = tmp_path / f"r{int(split)}.yaml"
+        path.write_text(yaml.safe_dump(g.recipe_dict(params, {"seed": 0, "study": "s"}), sort_keys=False))
+        cases[str(path)] = (split, g.layer_values(params))
+    # one interpreter for both recipes: importing mergekit is the slow part
     script = (
         "import sys, json, yaml\n"
         "from mergekit.config import MergeConfiguration, evaluate_setting\n"
-        "cfg = MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1])))\n"
-        "names = json.loads(sys.argv[2]); n = int(sys.argv[3]); out = {}\n"
-        "for m in cfg.models:\n"
-        "    for p, setting in m.parameters.items():\n"
-        "        for name in names:\n"
-        "            layer = int(name.split('.')[2]) if '.layers.' in name else 0\n"
-        "            t = layer / (n - 1) if '.layers.' in name else 0\n"
-        "            out[f'{m.model.model.path}|{p}|{name}'] = evaluate_setting(name, setting, t, validate=float)\n"
+        "names = json.loads(sys.argv[1]); n = int(sys.argv[2]); out = {}\n"
+        "for path in sys.argv[3:]:\n"
+        "    cfg = MergeConfiguration.model_validate(yaml.safe_load(open(path)))\n"
+        "    for m in cfg.models:\n"
+        "        for p, setting in m.parameters.items():\n"
+        "            for name in names:\n"
+        "                t = int(name.split('.')[2]) / (n - 1) if '.layers.' in name else 0\n"
+        "                v = evaluate_setting(name, setting, t, validate=float)\n"
+        "                out[f'{path}|{m.model.model.path}|{p}|{name}'] = v\n"
         "print(json.dumps(out))\n"
     )
-    res = subprocess.run([str(MKPY), "-c", script, str(path), json.dumps(names), str(n)],
+    res = subprocess.run([str(MKPY), "-c", script, json.dumps(names), str(n), *cases],
                          capture_output=True, text=True, check=True)
     got = json.loads(res.stdout.strip().splitlines()[-1])
-    lv = g.layer_values(params)
+    assert len(got) == 2 * 2 * 2 * len(names)
     for key, value in got.items():
-        src, param, name = key.split("|")
+        path, src, param, name = key.split("|")
+        split, lv = cases[path]
         parts = lv[param][["x", "y"].index(src)]
         if ".layers." not in name:
             want = parts["embed"][0]
