@@ -46,3 +46,25 @@ def make_model(tmp_path_factory: pytest.TempPathFactory):
         return make_checkpoint(root / name, **kwargs)
 
     return make
+
+
+@pytest.fixture
+def recipe_file(tmp_path: Path):
+    """Factory: recipe_file(mapping, name="recipe.yaml") writes a recipe YAML under tmp_path and returns its path."""
+    import yaml
+
+    def write(data: dict, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+        return path
+
+    return write
+
+
+def _plain(value):
+    # Paths -> str so recipes can be written with fixture paths directly.
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
