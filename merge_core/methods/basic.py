@@ -91,6 +91,9 @@ def model_stock(tensors: Tensors, base: str | None, params: Params, options: dic
             cosines.append(((offsets[i] * offsets[j]).sum(dim=-1) / norms.clamp(min=1e-6)).clamp(-1, 1))
     cos = torch.stack(cosines).mean(dim=0).unsqueeze(-1)
     n = len(ws)
-    t = (n * cos) / (1 + (n - 1) * cos)
+    denominator = 1 + (n - 1) * cos
+    singular = denominator.abs() < 1e-6
+    # no finite estimate at the singularity: keep the base there rather than blow up
+    t = torch.where(singular, torch.zeros_like(cos), n * cos / torch.where(singular, torch.ones_like(denominator), denominator))
     mean = sum(ws) / n
     return (t * mean + (1 - t) * w0).reshape(shape)

@@ -20,16 +20,15 @@ def _apply(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tens
 
 
 def magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    """Keep the int(density * numel) largest-magnitude entries (TIES trim)."""
+    """Keep the max(1, int(density * numel)) largest-magnitude entries (TIES trim); none at density 0."""
     if density >= 1:
         return delta
-    k = int(density * delta.numel())
-    if k <= 0:
-        # mergekit asserts here; an all-zero task vector is the limit of shrinking density
+    if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
-    mask = torch.zeros_like(delta)
-    mask.view(-1)[torch.argsort(delta.abs().reshape(-1), descending=True)[:k]] = 1
-    return _apply(delta, mask, rescale)
+    k = max(1, int(density * delta.numel()))
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
+    mask[torch.argsort(delta.abs().reshape(-1), descending=True)[:k]] = 1
+    return _apply(delta, mask.reshape_as(delta), rescale)
 
 
 def magnitude_outliers(delta: torch.Tensor, density: float, rescale: bool, gamma: float) -> torch.Tensor:
@@ -38,16 +37,12 @@ def magnitude_outliers(delta: torch.Tensor, density: float, rescale: bool, gamma
         return delta
     n = delta.numel()
     target = int(density * n)
-    n_top = int(gamma * n)
-    n_bot = n - target - n_top
-    if n_bot < 0:
-        n_top += n_bot
-        n_bot = 0
+    # fewer outliers are dropped when gamma + density would exceed the whole tensor
+    n_bot = max(0, n - target - int(gamma * n))
     order = torch.sort(delta.abs().reshape(-1)).indices
-    mask = torch.zeros_like(delta)
-    # mergekit slices [n_bot:-n_top], which keeps nothing when n_top == 0; we keep the top then
-    mask.view(-1)[order[n_bot : n - n_top]] = 1
-    return _apply(delta, mask, rescale)
+    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
+    mask[order[n_bot : n_bot + target]] = 1
+    return _apply(delta, mask.reshape_as(delta), rescale)
 
 
 def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
