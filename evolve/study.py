@@ -1,0 +1,162 @@
+"""Optuna plumbing for the search: storage, samplers, pruners, the trial budget and the progress bar."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from evolve.errors import UserError
+
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+
+
+def storage_url(cfg: DictConfig) -> str:
+    """The storage of a config: `storage=` as given, or sqlite:///<out_dir>/study.db."""
+    if cfg.storage:
+        return str(cfg.storage)
+    return f"sqlite:///{Path(cfg.out_dir).resolve() / 'study.db'}"
+
+
+def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
+    """RDB storage with heartbeats (a killed worker's trial is failed and retried) or a journal file."""
+    url = storage_url(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if url.endswith(JOURNAL_SUFFIXES) and "://" not in url:
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url))
+        if url.split(":", 1)[0].split("+", 1)[0] not in RDB_SCHEMES:
+            raise UserError(f"storage: {url!r} is neither a database URL ({', '.join(RDB_SCHEMES)}) nor a journal "
+                            f"file ({', '.join(JOURNAL_SUFFIXES)}); e.g. storage=runs/x/journal.log")
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
+            grace_period=int(cfg.grace_period),
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+        )
+
+
+def make_sampler(cfg: DictConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded from `seed` and `seed_offset` (the trial count when asking)."""
+    opt = cfg.optimizer
+    options = OmegaConf.to_container(opt.options, resolve=True) or {}
+    # re-seeding per ask from the trial count keeps one worker reproducible and lets parallel workers differ
+    seed = (int(cfg.seed) * 1_000_003 + int(seed_offset)) % (2**31)
+    samplers = {
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "tpe": optuna.samplers.TPESampler,
+        "gp": optuna.samplers.GPSampler,
+        "random": optuna.samplers.RandomSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+    }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return samplers[opt.name](seed=seed, **options)
+    except TypeError as exc:
+        raise UserError(f"optimizer.options: {exc}; see the Optuna docs of {samplers[opt.name].__name__}") from None
+
+
+def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
+    """Pruner over evaluation stages; none for multi-objective studies (Optuna cannot prune those)."""
+    p = cfg.pruner
+    options = OmegaConf.to_container(p.options, resolve=True) or {}
+    if p.name == "none" or cfg.optimizer.multi_objective:
+        return optuna.pruners.NopPruner()
+    try:
+        if p.name == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, **options)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, **options)
+    except TypeError as exc:
+        raise UserError(f"pruner.options: {exc}") from None
+
+
+def open_study(cfg: DictConfig, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
+               create: bool = True) -> optuna.Study:
+    """Create or load the study named `study_name` in the config's storage."""
+    storage = make_storage(cfg)
+    if not create:
+        try:
+            return optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner)
+        except KeyError:
+            raise UserError(f"study_name: no study {cfg.study_name!r} in {storage_url(cfg)}; run "
+                            f"`evolve search` first or fix study_name/out_dir/storage") from None
+    n_obj = len(cfg.tasks.names) if cfg.optimizer.multi_objective else 1
+    return optuna.create_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
+                               directions=["maximize"] * n_obj, load_if_exists=True)
+
+
+def is_counted(t: FrozenTrial) -> bool:
+    """Whether a finished trial used up one of the n_trials (see evolve.search)."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    return t.state == TrialState.FAIL and "fail_reason" in t.user_attrs
+
+
+@dataclass
+class Budget:
+    """Counts of the study's trials that matter for the n_trials budget."""
+
+    counted: int
+    running: int
+    total: int
+    heartbeat: bool
+
+
+def budget_state(study: optuna.Study, before: int | None = None) -> Budget:
+    """Counted and running trials (only those numbered below `before`, if given); fails stale trials first."""
+    from optuna.storages import fail_stale_trials
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    heartbeat = is_heartbeat_enabled(study._storage)
+    if heartbeat and before is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            fail_stale_trials(study)
+    trials = study.get_trials(deepcopy=False)
+    if before is not None:
+        trials = [t for t in trials if t.number < before]
+    counted = sum(is_counted(t) for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    return Budget(counted, running, len(trials), heartbeat)
+
+
+def best_value_text(study: optuna.Study) -> str:
+    """Best objective so far (or the Pareto front size) as a short string."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return "-"
+    if len(study.directions) > 1:
+        return f"pareto={len(study.best_trials)}"
+    best = max(done, key=lambda t: t.value)
+    return f"{best.value:.4f} (#{best.number})"
+
+
+class TrialProgress:
+    """tqdm bar: counted trials / n_trials, best so far, ETA."""
+
+    def __init__(self, study: optuna.Study, total: int, enabled: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=min(budget_state(study).counted, total), desc="trials",
+                        disable=not enabled, dynamic_ncols=True)
+
+    def __enter__(self) -> "TrialProgress":
+        return self
+
+    def update(self, study: optuna.Study) -> None:
+        """Move to the study's counted trials and show the best value."""
+        counted = min(budget_state(study, before=10**12).counted, self.bar.total)
+        self.bar.update(counted - self.bar.n)
+        self.bar.set_postfix_str(f"best {best_value_text(study)}")
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
