@@ -1,0 +1,16 @@
+"""`evolve report conf=NAME [k=v ...]`: redraw report/ (tables and plots) from the stored study."""
+
+from __future__ import annotations
+
+from evolve.config import load_config
+
+
+def run(args: list[str]) -> int:
+    """Write report/ for the config's stored study and print the held-out table."""
+    cfg, _ = load_config(args)
+    from evolve.report import make_report
+    from evolve.study import make_pruner, make_sampler, open_study
+
+    study = open_study(cfg, make_sampler(cfg), make_pruner(cfg), create=False)
+    print(make_report(cfg, study))
+    return 0

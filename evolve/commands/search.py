@@ -1,0 +1,74 @@
+"""`evolve search conf=NAME [k=v ...] [-m]`: Hydra composes the config (a sweep with -m), evolve.search runs it."""
+
+from __future__ import annotations
+
+import sys
+
+from evolve.config import ConfArgs, compose_config, hydra_overrides, parse_args, sweep_combinations
+from evolve.errors import UserError
+
+# Hydra's own outputs stay inside out_dir (sweeps: out_dir/job<N>/) and it neither logs to files nor chdirs.
+HYDRA_SETTINGS = [
+    "hydra.output_subdir=null",
+    "hydra/job_logging=none",
+    "hydra/hydra_logging=none",
+    "hydra.run.dir=${out_dir}",
+    "hydra.sweep.dir=${out_dir}",
+    "hydra.sweep.subdir=job${hydra.job.num}",
+    "hydra.job.chdir=false",
+]
+
+
+def run(args: list[str]) -> int:
+    """Validate every config of the run (or sweep) first, then hand the run to hydra.main."""
+    cargs = parse_args(args)
+    combos = sweep_combinations(cargs.overrides) if cargs.multirun else [cargs.overrides]
+    for combo in combos:
+        compose_config(cargs, combo)
+    return _run_hydra(cargs)
+
+
+def _job_config(cfg, multirun: bool):
+    """Each sweep job gets its own study and out_dir (out_dir/job<N>, study_name_job<N>)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    if multirun:
+        hc = HydraConfig.get()
+        cfg.out_dir = hc.runtime.output_dir
+        cfg.study_name = f"{cfg.study_name}_job{hc.job.num}"
+    return cfg
+
+
+def _run_hydra(cargs: ConfArgs) -> int:
+    import hydra
+
+    from evolve import schema
+    from evolve.config import validate
+    from evolve.search import run_search
+
+    schema.register()
+    errors: list[BaseException] = []
+
+    def task(cfg) -> None:
+        try:
+            cfg = _job_config(cfg, cargs.multirun)
+            validate(cfg, cargs.label)
+            run_search(cfg)
+        except UserError as exc:  # Hydra would print a traceback and exit 1; we want one line and exit 2
+            errors.append(exc)
+
+    main = hydra.main(version_base="1.3", config_path=str(cargs.config_dir), config_name=cargs.config_name)(task)
+    argv = ["evolve search", *cargs.overrides, *hydra_overrides(cargs.config_dir), *HYDRA_SETTINGS]
+    if cargs.multirun:
+        argv.append("--multirun")
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        main()
+    finally:
+        sys.argv = saved
+    if errors:
+        raise errors[0]
+    return 0

@@ -1,0 +1,97 @@
+"""A stored trial -> `best/recipe.yaml` (mergekit-valid, with provenance) + `best/model/` (HF folder with a card)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+from optuna.trial import FrozenTrial, TrialState
+
+from evolve.errors import UserError
+
+
+def pick_trial(study: optuna.Study, which: str | int) -> FrozenTrial:
+    """`best` (single objective: highest value; multi: the Pareto member with the best mean) or a trial number."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        raise UserError(f"trial: study {study.study_name!r} has no complete trial yet; run `evolve search` first")
+    if which == "best":
+        if len(study.directions) == 1:
+            return study.best_trial
+        return max(study.best_trials, key=lambda t: sum(t.values) / len(t.values))
+    try:
+        number = int(which)
+    except (TypeError, ValueError):
+        raise UserError(f"trial: {which!r} is not `best` or a trial number") from None
+    for t in complete:
+        if t.number == number:
+            return t
+    numbers = [t.number for t in (study.best_trials if len(study.directions) > 1 else complete)]
+    raise UserError(f"trial: #{number} is not a complete trial of {study.study_name!r}; choose one of {numbers[:20]}")
+
+
+def ensure_world(cfg: DictConfig, world: Any = None) -> Any:
+    """The search's world (models, live model, dev evaluator), built if the caller has none."""
+    if world is not None:
+        return world
+    from evolve.search import build_world
+
+    return build_world(cfg)
+
+
+def test_evaluator(world: Any) -> Any:
+    """A held-out (test split) Evaluator on the live model, built once per world."""
+    ev = getattr(world, "test_evaluator", None)
+    if ev is None:
+        factory = type(world.evaluator)
+        t = world.cfg.tasks
+        ev = factory(world.model, world.tokenizer, list(t.names), split="test", batch_size=t.batch_size,
+                     device=world.cfg.device, limit=None, subset_seed=None, stages=[1.0])
+        world.test_evaluator = ev
+    return ev
+
+
+def dev_test_scores(world: Any, recipe: Any) -> dict[str, float]:
+    """Merge `recipe` into the live model and score it on the full dev and test splits (lm-eval task names)."""
+    from merge_core.live import merge_into
+
+    merge_into(world.model, recipe, world.sources)
+    scores = dict(world.evaluator.evaluate().scores)
+    scores.update(test_evaluator(world).evaluate().scores)
+    return {k: float(v) for k, v in scores.items()}
+
+
+def _card(trial: FrozenTrial, scores: dict[str, float], study_name: str) -> str:
+    lines = [f"## Evolved merge: study `{study_name}`, trial {trial.number}", "",
+             "| task (lm-eval name) | score |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(scores.items())]
+    return "\n".join(lines) + "\n"
+
+
+def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best", out: str | Path | None = None,
+                 world: Any = None) -> Path:
+    """Write a trial's recipe.yaml and model folder to `out` (default <out_dir>/best); returns `out`."""
+    from merge_core.recipe import save_recipe
+    from merge_core.writer import check_out_dir, write_model
+
+    from evolve.search import trial_recipe
+
+    trial = pick_trial(study, which)
+    out = Path(out) if out is not None else Path(cfg.out_dir) / "best"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"out: {out} is a file; give a folder path")
+    check_out_dir(out / "model")
+    world = ensure_world(cfg, world)
+    cache_key = f"scores:trial{trial.number}"
+    scores = study.user_attrs.get(cache_key)
+    if scores is None:
+        scores = dev_test_scores(world, trial_recipe(world, trial.params, trial.number))
+        study.set_user_attr(cache_key, scores)
+    recipe = trial_recipe(world, trial.params, trial.number, scores={k: round(v, 6) for k, v in scores.items()})
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, out / "recipe.yaml")
+    write_model(recipe, world.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
+                card_extra=_card(trial, scores, cfg.study_name))
+    return out

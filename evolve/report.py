@@ -1,0 +1,216 @@
+"""`report/`: results.json / results.md (evolved best vs sources vs untuned baselines, dev and test) and plots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from omegaconf import DictConfig
+from optuna.trial import TrialState
+
+import conf as conf_pkg
+from evolve.export import dev_test_scores, ensure_world, pick_trial
+
+BASELINES = ("task_arithmetic", "ties", "dare_ties")  # untuned merges every report compares against
+
+
+def _rows_to_score(cfg: DictConfig, study: optuna.Study, world: Any) -> list[tuple[str, str, Any]]:
+    """(name, kind, recipe) for the evolved best, every source, and the untuned baselines."""
+    from merge_core.recipe import parse_recipe
+
+    from evolve.genome import declare
+    from evolve.search import trial_recipe
+
+    best = pick_trial(study, "best")
+    rows = [(f"evolved (trial {best.number})", "evolved", trial_recipe(world, best.params, best.number))]
+    g = world.genome
+    for src in g.sources:
+        # a one-model linear merge reproduces the source exactly (weight 1, normalized)
+        data = {"merge_method": "linear", "models": [{"model": src, "parameters": {"weight": 1.0}}], "dtype": "float32"}
+        rows.append((Path(src).name or src, "source", parse_recipe(data, where=f"source {src}")))
+    base = world.sources.base_id
+    for name in BASELINES:
+        method = yaml.safe_load((conf_pkg.PATH / "method" / f"{name}.yaml").read_text())
+        bg = declare(method, world.cfg.genome, n_layers=g.n_layers, base=base, sources=g.sources)
+        data = bg.recipe_dict(bg.baselines()[0], {"seed": int(cfg.seed)}, dtype="float32")
+        rows.append((f"{name} (untuned)", "baseline", parse_recipe(data, where=f"baseline {name}")))
+    return rows
+
+
+def _key(recipe: Any, cfg: DictConfig) -> str:
+    from merge_core.recipe import recipe_to_dict
+
+    data = recipe_to_dict(recipe)
+    data.pop("evolve_merge", None)
+    text = json.dumps([data, recipe.seed, list(cfg.tasks.names)], sort_keys=True, default=str)
+    return "scores:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> list[dict[str, Any]]:
+    """Score every row on dev and test (cached in the study's user attrs, so a redraw recomputes nothing)."""
+    best = pick_trial(study, "best")
+    attrs = study.user_attrs
+    out = []
+    pending = None
+    for_world = world
+    # the evolved row may already be scored by export
+    cached_best = attrs.get(f"scores:trial{best.number}")
+    needs_world = cached_best is None
+    if world is None and not needs_world:
+        keys = attrs.get("report_keys")
+        needs_world = not keys or any(k not in attrs for k in keys)
+    if needs_world:
+        for_world = ensure_world(cfg, world)
+        pending = _rows_to_score(cfg, study, for_world)
+        keys = []
+        for i, (name, kind, recipe) in enumerate(pending):
+            key = f"scores:trial{best.number}" if kind == "evolved" else _key(recipe, cfg)
+            if key not in attrs:
+                study.set_user_attr(key, dev_test_scores(for_world, recipe))
+            keys.append(key)
+            out.append({"name": name, "kind": kind, "key": key})
+        study.set_user_attr("report_keys", keys)
+        study.set_user_attr("report_names", [(r["name"], r["kind"]) for r in out])
+    else:
+        out = [{"name": n, "kind": k, "key": key} for (n, k), key in zip(attrs["report_names"], attrs["report_keys"])]
+    attrs = study.user_attrs
+    return [{"name": r["name"], "kind": r["kind"], "scores": attrs[r["key"]]} for r in out]
+
+
+def combined(scores: dict[str, float], cfg: DictConfig, split: str) -> float:
+    """Weighted mean of the tasks' scores on one split (the single objective's weights)."""
+    from evolve.search import task_score, task_weights
+
+    vals = [task_score(scores, t, split) for t in cfg.tasks.names]
+    return sum(w * v for w, v in zip(task_weights(cfg), vals))
+
+
+def markdown(rows: list[dict[str, Any]], cfg: DictConfig) -> str:
+    """Two tables (dev, held-out test), one column per lm-eval task plus the combined score."""
+    parts = []
+    for split in ("dev", "test"):
+        keys = sorted({k for r in rows for k in r["scores"] if k.endswith(f"_{split}")}) or \
+            sorted({k for r in rows for k in r["scores"]})
+        head = f"| {split} | kind | " + " | ".join(keys) + " | combined |"
+        lines = [head, "|" + "---|" * (len(keys) + 3)]
+        for r in rows:
+            try:
+                comb = f"{combined(r['scores'], cfg, split):.4f}"
+            except KeyError:
+                comb = "-"
+            cells = " | ".join(f"{r['scores'][k]:.4f}" if k in r["scores"] else "-" for k in keys)
+            lines.append(f"| {r['name']} | {r['kind']} | {cells} | {comb} |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[Path]:
+    """Optimization history, the best recipe's per-layer values as a heat map, and the Pareto front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written = []
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    multi = len(study.directions) > 1
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if not multi:
+        xs = [t.number for t in done]
+        ys = [t.value for t in done]
+        ax.scatter(xs, ys, s=14, label="complete")
+        ax.plot(xs, np.maximum.accumulate(ys) if ys else [], color="C1", label="best so far")
+        pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+        ax.scatter([t.number for t in pruned], [t.intermediate_values.get(max(t.intermediate_values), math.nan)
+                                               if t.intermediate_values else math.nan for t in pruned],
+                   s=10, marker="x", color="grey", label="pruned (last stage)")
+        ax.set_ylabel("objective (weighted dev score)")
+    else:
+        for i, task in enumerate(cfg.tasks.names):
+            ax.plot([t.number for t in done], [t.values[i] for t in done], ".", label=task)
+        ax.set_ylabel("dev score")
+    ax.set_xlabel("trial")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{cfg.study_name}: optimization history")
+    written.append(_save(fig, out / "history.png"))
+
+    best = pick_trial(study, "best")
+    lv = world.genome.layer_values(best.params)
+    labels, matrix = [], []
+    for param, by_src in lv.items():
+        for src, parts in by_src.items():
+            who = "all" if src is None else Path(world.genome.sources[src]).name
+            for part, values in parts.items():
+                if part != "embed":
+                    labels.append(f"{param} {who} {part}")
+                    matrix.append(values)
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * world.genome.n_layers + 3), 0.45 * len(labels) + 1.5))
+    im = ax.imshow(np.array(matrix), aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("layer")
+    ax.set_title(f"best recipe (trial {best.number}): per-layer values")
+    fig.colorbar(im, ax=ax)
+    written.append(_save(fig, out / "recipe_heatmap.png"))
+
+    if multi:
+        fig, ax = plt.subplots(figsize=(5, 5))
+        front = {t.number for t in study.best_trials}
+        for t in done:
+            ax.scatter(t.values[0], t.values[1], c="C3" if t.number in front else "C0", s=14)
+        ax.set_xlabel(cfg.tasks.names[0])
+        ax.set_ylabel(cfg.tasks.names[1])
+        ax.set_title("Pareto front (red)")
+        written.append(_save(fig, out / "pareto.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None) -> str:
+    """Write report/ (results.json, results.md, plots); returns the markdown tables."""
+    out = Path(cfg.out_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect_rows(cfg, study, world)
+    _atomic_write(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    table = markdown(rows, cfg)
+    _atomic_write(out / "results.md", f"# {cfg.study_name}: results\n\n{table}")
+    if world is None:
+        world = _light_world(cfg, study)
+    plots(cfg, study, world, out)
+    return table
+
+
+def _light_world(cfg: DictConfig, study: optuna.Study) -> Any:
+    """Just the genome (for the heat map), without loading any weights."""
+    from types import SimpleNamespace
+
+    from merge_core.checkpoint import Checkpoint
+
+    from evolve.genome import declare
+    from evolve.search import resolve_models
+
+    base, sources = resolve_models(cfg, progress=False)
+    n_layers = int(Checkpoint(Path(base)).config["num_hidden_layers"])
+    return SimpleNamespace(genome=declare(cfg.method, cfg.genome, n_layers=n_layers, base=base, sources=sources))
