@@ -1,0 +1,170 @@
+"""Planning: gradients, filters, slices, tied/untied heads, architectures, and merge_tensor's seeding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from merge_core.architecture import get_architecture, supported_architectures
+from merge_core.errors import UserError
+from merge_core.plan import merge_tensor, plan_tensors, tensor_seed
+from merge_core.recipe import parse_recipe
+
+LAYERS = 4
+CONFIG = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": LAYERS}
+PER_LAYER = 9
+
+
+def _plans(text: str, config=CONFIG, tied: bool = True):
+    recipe = parse_recipe(yaml.safe_load(text), "r.yaml")
+    return {p.out_name: p for p in plan_tensors(recipe, get_architecture(config), config, tied)}
+
+
+def _grad(values: list[float], t: float) -> float:
+    return float(np.interp(t, np.linspace(0, 1, len(values)), values))
+
+
+GRADIENT = """
+merge_method: ties
+base_model: base
+models:
+  - model: a
+    parameters:
+      weight: [0.0, 1.0, 0.5]
+      density: [{filter: mlp, value: 0.3}, {filter: nomatch, value: 0.9}]
+  - model: b
+    parameters: {weight: 0.25}
+parameters: {density: 0.6, lambda: [1.0, 2.0], normalize: [{filter: self_attn, value: false}, {value: true}]}
+"""
+
+
+def test_tied_and_untied_tensor_lists() -> None:
+    tied = _plans(GRADIENT, tied=True)
+    untied = _plans(GRADIENT, tied=False)
+    assert len(tied) == 1 + LAYERS * PER_LAYER + 1 and "lm_head.weight" not in tied
+    assert set(untied) - set(tied) == {"lm_head.weight"}
+    assert untied["lm_head.weight"].inputs == {"a": "lm_head.weight", "b": "lm_head.weight", "base": "lm_head.weight"}
+    assert untied["lm_head.weight"].kind == "head" and tied["model.embed_tokens.weight"].kind == "embed"
+
+
+def test_gradients_filters_and_precedence() -> None:
+    plans = _plans(GRADIENT)
+    for layer in range(LAYERS):
+        t = layer / (LAYERS - 1)
+        up = plans[f"model.layers.{layer}.mlp.up_proj.weight"]
+        q = plans[f"model.layers.{layer}.self_attn.q_proj.weight"]
+        assert up.params["a"]["weight"] == pytest.approx(_grad([0.0, 1.0, 0.5], t))
+        assert up.params["a"]["density"] == 0.3, "model filter matches mlp"
+        assert q.params["a"]["density"] == 0.6, "no model condition matches: falls through to the global value"
+        assert up.params["b"] == {"weight": 0.25, "density": 0.6}
+        assert up.options["lambda"] == pytest.approx(_grad([1.0, 2.0], t))
+        assert q.options["normalize"] is False and up.options["normalize"] is True
+        assert up.base == "base" and list(up.inputs) == ["a", "b", "base"], "base appended after the listed models"
+    # outside the layers mergekit evaluates gradients at t = 0
+    for name in ("model.embed_tokens.weight", "model.norm.weight"):
+        assert plans[name].params["a"]["weight"] == 0.0 and plans[name].options["lambda"] == 1.0
+
+
+SLICED = """
+merge_method: linear
+parameters: {weight: 1.0}
+slices:
+  - sources:
+      - {model: x, layer_range: [1, 4], parameters: {weight: [0, 1]}}
+      - {model: y, layer_range: [0, 3]}
+    parameters: {weight: 0.7}
+  - sources:
+      - {model: x, layer_range: [0, 1], parameters: {weight: [0.2, 0.4]}}
+      - {model: z, layer_range: [3, 4]}
+    parameters: {normalize: false}
+"""
+
+
+def test_slices_map_layers_and_restart_t() -> None:
+    plans = _plans(SLICED)
+    assert plans["model.layers.0.mlp.down_proj.weight"].inputs == {"x": "model.layers.1.mlp.down_proj.weight", "y": "model.layers.0.mlp.down_proj.weight"}
+    assert plans["model.layers.2.input_layernorm.weight"].inputs == {"x": "model.layers.3.input_layernorm.weight", "y": "model.layers.2.input_layernorm.weight"}
+    assert plans["model.layers.3.self_attn.o_proj.weight"].inputs == {"x": "model.layers.0.self_attn.o_proj.weight", "z": "model.layers.3.self_attn.o_proj.weight"}
+    assert [plans[f"model.layers.{i}.mlp.up_proj.weight"].params["x"]["weight"] for i in range(3)] == pytest.approx([0, 0.5, 1])
+    assert plans["model.layers.1.mlp.up_proj.weight"].params["y"]["weight"] == 0.7, "slice parameters beat global ones"
+    last = plans["model.layers.3.mlp.up_proj.weight"]
+    assert last.params["x"]["weight"] == pytest.approx(0.4), "a one-layer slice sits at t = 1"
+    assert last.params["z"]["weight"] == 1.0 and last.options["normalize"] is False
+    # embeddings follow the first slice, final norm the last, both at t = 0
+    assert plans["model.embed_tokens.weight"].inputs == {"x": "model.embed_tokens.weight", "y": "model.embed_tokens.weight"}
+    assert plans["model.embed_tokens.weight"].options["normalize"] is True
+    assert plans["model.norm.weight"].inputs == {"x": "model.norm.weight", "z": "model.norm.weight"}
+    assert plans["model.norm.weight"].params["x"]["weight"] == pytest.approx(0.2)
+    assert plans["model.norm.weight"].options["normalize"] is False
+
+
+@pytest.mark.parametrize(
+    ("ranges", "message"),
+    [("[[0, 2], [2, 3]]", "slices: cover 3 layers but the models have 4"), ("[[0, 2], [3, 5]]", "[3, 5] ends past the model's 4 layers")],
+)
+def test_slice_layer_errors(ranges: str, message: str) -> None:
+    r = yaml.safe_load(ranges)
+    text = "merge_method: linear\nparameters: {weight: 1}\nslices:\n" + "".join(f"  - sources: [{{model: a, layer_range: {x}}}]\n" for x in r)
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        _plans(text)
+
+
+def test_architectures_as_data() -> None:
+    assert supported_architectures() == ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
+    text = "merge_method: linear\nparameters: {weight: 1}\nmodels: [{model: a}, {model: b}]"
+    qwen = _plans(text, {"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2})
+    assert "model.layers.1.self_attn.k_proj.bias" in qwen and "model.layers.1.self_attn.o_proj.bias" not in qwen
+    assert len(qwen) == 1 + 2 * (PER_LAYER + 3) + 1
+    llama_bias = _plans(text, {**CONFIG, "attention_bias": True})
+    assert "model.layers.3.self_attn.o_proj.bias" in llama_bias and "model.layers.0.mlp.up_proj.bias" not in llama_bias
+    mistral = _plans(text, {**CONFIG, "architectures": ["MistralForCausalLM"]}, tied=False)
+    assert len(mistral) == 1 + LAYERS * PER_LAYER + 2
+    with pytest.raises(UserError, match="'GPT2LMHeadModel' is not supported; use a model of one of LlamaForCausalLM"):
+        get_architecture({"architectures": ["GPT2LMHeadModel"]})
+
+
+def test_resolved_della_epsilon_checked() -> None:
+    text = "merge_method: della\nbase_model: b\nmodels: [{model: a, parameters: {weight: 1, density: [0.5, 0.1], epsilon: 0.2}}]"
+    with pytest.raises(UserError, match=r"r.yaml: a.parameters.epsilon: density 0.1 \+/- epsilon 0.2 leaves \(0, 1\) for model.layers.3"):
+        _plans(text)
+
+
+def _fetcher(dtype=torch.bfloat16):
+    cache: dict[tuple[str, str], torch.Tensor] = {}
+
+    def fetch(model: str, name: str) -> torch.Tensor:
+        if (model, name) not in cache:
+            seed = tensor_seed(len(model), model + name)
+            cache[(model, name)] = torch.randn(8, 6, generator=torch.Generator().manual_seed(seed)).to(dtype)
+        return cache[(model, name)]
+
+    return fetch
+
+
+def test_merge_tensor_float32_and_seeded_masks() -> None:
+    text = "merge_method: dare_ties\nbase_model: base\nmodels: [{model: a, parameters: {weight: 1, density: 0.5}}, {model: b, parameters: {weight: 0.5, density: 0.5}}]"
+    plans = _plans(text)
+    fetch = _fetcher()
+    q0, q1 = plans["model.layers.0.self_attn.q_proj.weight"], plans["model.layers.1.self_attn.q_proj.weight"]
+    out = merge_tensor(q0, fetch, seed=3)
+    assert out.dtype == torch.float32 and out.shape == (8, 6)
+    assert torch.equal(out, merge_tensor(q0, fetch, seed=3)), "same recipe seed, same bits"
+    assert not torch.equal(out, merge_tensor(q0, fetch, seed=4))
+    # identical inputs under two tensor names still get different masks (name enters the seed)
+    same_inputs = type(q1)(q1.out_name, q0.inputs, q1.method, q1.base, q1.params, q1.options)
+    assert not torch.equal(out, merge_tensor(same_inputs, fetch, seed=3))
+
+
+def test_merge_tensor_shape_and_value_errors() -> None:
+    plans = _plans("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}, {model: bb, parameters: {weight: -1}}]")
+    plan = plans["model.norm.weight"]
+    with pytest.raises(UserError, match=r"r.yaml: model.norm.weight: linear weights sum to 0"):
+        merge_tensor(plan, _fetcher(), seed=0)
+
+    def uneven(model: str, name: str) -> torch.Tensor:
+        return torch.zeros(4 if model == "a" else 5)
+
+    with pytest.raises(UserError, match=r"model.norm.weight: shapes differ \(a \[4\], bb \[5\]\)"):
+        merge_tensor(plan, uneven, seed=0)
