@@ -1,0 +1,45 @@
+"""Writes data/{train,dev,test}.jsonl from the hand-written items in items.py (fixed seed; rerun after editing items)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from items import DROPPED, ITEMS
+
+SEED = 1234
+N_DEV = 70
+N_TRAIN = 0  # a retention task only measures what the base model already knows; nothing to train on
+
+
+def build(seed: int = SEED) -> dict[str, list[dict]]:
+    """Shuffle items and their choices with `seed`, then cut them into disjoint splits."""
+    rng = random.Random(seed)
+    kept = [item for item in ITEMS if item[0] not in DROPPED]
+    rng.shuffle(kept)
+    rows = []
+    for i, (question, answer, wrong) in enumerate(kept):
+        choices = [answer, *wrong]
+        rng.shuffle(choices)
+        rows.append({"id": f"retention-{i:03d}", "question": question, "choices": choices, "answer": choices.index(answer)})
+    return {"train": rows[:N_TRAIN], "dev": rows[N_TRAIN : N_TRAIN + N_DEV], "test": rows[N_TRAIN + N_DEV :]}
+
+
+def main() -> None:
+    """Write the splits next to this script (train is skipped when empty)."""
+    out = Path(__file__).resolve().parent / "data"
+    out.mkdir(exist_ok=True)
+    for split, rows in build().items():
+        path = out / f"{split}.jsonl"
+        if not rows:
+            path.unlink(missing_ok=True)
+            continue
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(path)
+        print(f"{path}: {len(rows)} items")
+
+
+if __name__ == "__main__":
+    main()
