@@ -56,31 +56,23 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> lis
     """Score every row on dev and test (cached in the study's user attrs, so a redraw recomputes nothing)."""
     best = pick_trial(study, "best")
     attrs = study.user_attrs
-    out = []
-    pending = None
-    for_world = world
-    # the evolved row may already be scored by export
-    cached_best = attrs.get(f"scores:trial{best.number}")
-    needs_world = cached_best is None
-    if world is None and not needs_world:
-        keys = attrs.get("report_keys")
-        needs_world = not keys or any(k not in attrs for k in keys)
-    if needs_world:
-        for_world = ensure_world(cfg, world)
-        pending = _rows_to_score(cfg, study, for_world)
-        keys = []
-        for i, (name, kind, recipe) in enumerate(pending):
+    keys = attrs.get("report_keys")
+    fresh = attrs.get("report_best") == best.number and keys and all(k in attrs for k in keys)
+    if not fresh:
+        world = ensure_world(cfg, world)
+        keys, names = [], []
+        for name, kind, recipe in _rows_to_score(cfg, study, world):
+            # the evolved row shares its cache entry with export
             key = f"scores:trial{best.number}" if kind == "evolved" else _key(recipe, cfg)
             if key not in attrs:
-                study.set_user_attr(key, dev_test_scores(for_world, recipe))
+                study.set_user_attr(key, dev_test_scores(world, recipe))
             keys.append(key)
-            out.append({"name": name, "kind": kind, "key": key})
+            names.append([name, kind])
         study.set_user_attr("report_keys", keys)
-        study.set_user_attr("report_names", [(r["name"], r["kind"]) for r in out])
-    else:
-        out = [{"name": n, "kind": k, "key": key} for (n, k), key in zip(attrs["report_names"], attrs["report_keys"])]
-    attrs = study.user_attrs
-    return [{"name": r["name"], "kind": r["kind"], "scores": attrs[r["key"]]} for r in out]
+        study.set_user_attr("report_names", names)
+        study.set_user_attr("report_best", best.number)
+        attrs = study.user_attrs
+    return [{"name": n, "kind": k, "scores": attrs[key]} for (n, k), key in zip(attrs["report_names"], keys)]
 
 
 def combined(scores: dict[str, float], cfg: DictConfig, split: str) -> float:
