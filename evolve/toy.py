@@ -40,11 +40,11 @@ DEFAULTS = {
     "hidden": 64,
     "heads": 4,
     "kv_heads": 2,
-    "base_steps": 150,
-    "steps": 250,
+    "base_steps": 350,
+    "steps": 150,
     "batch_size": 32,
-    "base_lr": 3e-3,
-    "lr": 1e-3,
+    "base_lr": 5e-3,
+    "lr": 2e-3,
 }
 
 
