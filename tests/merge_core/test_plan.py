@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from merge_core.architecture import get_architecture, supported_architectures
 from merge_core.errors import UserError
 from merge_core.plan import merge_tensor, plan_tensors, tensor_seed
-from merge_core.recipe import parse_recipe
+from merge_core.recipe import load_recipe, parse_recipe, save_recipe
 
 LAYERS = 4
 CONFIG = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": LAYERS}
@@ -168,3 +174,72 @@ def test_merge_tensor_shape_and_value_errors() -> None:
 
     with pytest.raises(UserError, match=r"model.norm.weight: shapes differ \(a \[4\], bb \[5\]\)"):
         merge_tensor(plan, uneven, seed=0)
+
+
+# end-to-end parity: mergekit 0.1.5 builds whole tiny models from our saved recipes; every tensor must match
+MK_PYTHON = os.environ.get("EVOLVE_MERGEKIT_PYTHON", "/opt/mkvenv/bin/python")
+MK_RUN = """
+import sys, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import run_merge
+from mergekit.options import MergeOptions
+for recipe, out in zip(sys.argv[1::2], sys.argv[2::2]):
+    config = MergeConfiguration.model_validate(yaml.safe_load(open(recipe)))
+    run_merge(config, out, MergeOptions(copy_tokenizer=False, lazy_unpickle=True, quiet=True))
+"""
+E2E = {
+    # per-model filters see source names (a's layers 1..3), global ones output names
+    "sliced_ties.yaml": """
+merge_method: ties
+base_model: @/base
+slices:
+  - sources:
+      - {model: @/base, layer_range: [0, 3]}
+      - {model: @/a, layer_range: [1, 4], parameters: {weight: [0.2, 1.0], density: [{filter: layers.1., value: 0.3}, {value: 0.7}]}}
+      - {model: @/b, layer_range: [0, 3], parameters: {weight: 0.5}}
+  - sources:
+      - {model: @/base, layer_range: [3, 4]}
+      - {model: @/a, layer_range: [0, 1], parameters: {weight: 0.4}}
+      - {model: @/b, layer_range: [3, 4], parameters: {weight: [0.1, 0.9]}}
+    parameters: {density: 0.5}
+parameters: {density: 0.8, lambda: [{filter: layers.0., value: 0.5}, {value: [1.0, 1.5]}]}
+dtype: float32
+evolve_merge: {seed: 1, study: e2e}
+""",
+    "models_linear.yaml": """
+merge_method: linear
+base_model: @/base
+models:
+  - {model: @/a, parameters: {weight: [1.0, 0.0, 2.0]}}
+  - {model: @/b, parameters: {weight: [{filter: mlp, value: 0.3}, {value: 1.0}]}}
+parameters: {weight: 0.5, normalize: [{filter: norm, value: false}, {value: true}]}
+dtype: float32
+evolve_merge: {seed: 0}
+""",
+}
+
+
+def test_whole_model_parity_with_mergekit(tmp_path: Path) -> None:
+    if not Path(MK_PYTHON).exists():
+        pytest.skip(f"mergekit interpreter {MK_PYTHON} not found (set EVOLVE_MERGEKIT_PYTHON)")
+    from merge_core.synthetic import make_checkpoint
+
+    base = make_checkpoint(tmp_path / "base", layers=LAYERS, hidden=32, intermediate=64, vocab=64, seed=0)
+    for i, name in enumerate(("a", "b"), start=1):
+        make_checkpoint(tmp_path / name, like=base, noise=0.05, seed=i)
+    args = []
+    for fname, text in E2E.items():
+        recipe = parse_recipe(yaml.safe_load(text.replace("@/", f"{tmp_path}/")), fname)
+        args += [str(save_recipe(recipe, tmp_path / fname)), str(tmp_path / f"out_{fname}")]
+    run = subprocess.run([MK_PYTHON, "-c", MK_RUN, *args], capture_output=True, text=True, timeout=240, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    config = json.loads((base / "config.json").read_text())
+    for fname in E2E:
+        recipe = load_recipe(tmp_path / fname)
+        weights = {m: load_file(Path(m) / "model.safetensors") for m in recipe.model_ids()}
+        theirs = load_file(tmp_path / f"out_{fname}" / "model.safetensors")
+        plans = plan_tensors(recipe, get_architecture(config), config, output_tied=True)
+        assert {p.out_name for p in plans} == set(theirs)
+        for p in plans:
+            ours = merge_tensor(p, lambda m, n: weights[m][n], recipe.seed)
+            torch.testing.assert_close(ours, theirs[p.out_name].float(), rtol=0, atol=1e-5, msg=lambda s, p=p: f"{fname} {p.out_name}: {s}")
