@@ -104,7 +104,7 @@ class _Parser:
         self.where = where
 
     def fail(self, key: str, problem: str, fix: str) -> UserError:
-        return UserError(f"{self.where}: {key}: {problem}; {fix}")
+        return UserError(f"{self.where}: {key or 'top level'}: {problem}; {fix}")
 
     def mapping(self, value: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -191,7 +191,7 @@ def parse_recipe(data: Any, where: str = "recipe", root: Path | None = None) -> 
     p = _Parser(where)
     data = p.mapping(data, "", TOP_KEYS)
     method = data.get("merge_method")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise p.fail("merge_method", f"{method!r} is not a known method", f"use one of {', '.join(METHODS)}")
     spec = METHODS[method]
     base = p.string(data.get("base_model"), "base_model")
