@@ -8,12 +8,10 @@ items. The primary metric of a task is the first entry of its metric_list under 
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 import torch
 
 from evolve.errors import UserError
-from evolve.tasks import load_tasks, resolve
+from evolve.tasks import load_tasks, quiet, resolve
 
 FEWSHOT_SEED = 1234  # lm-eval's CLI default, so few-shot tasks draw the same examples
 
@@ -83,8 +81,8 @@ class Evaluator:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(f"batch_size: {batch_size!r} must be a positive integer")
         refs = resolve(tasks, split, include_path=include_path, allow_test=allow_test)
-        with _quiet("lm_eval"):  # lm-eval warns about every custom_dataset and about passing a model object
-            built = load_tasks(refs, include_path)
+        built = load_tasks(refs, include_path)
+        with quiet("lm_eval"):  # lm-eval warns that a model object bypasses its loading arguments
             self.lm = _make_lm(model, tokenizer, _pick_device(device), batch_size, max_length)
 
         self.model = model
@@ -118,6 +116,11 @@ class Evaluator:
         run = _TaskRun(name, task, metric, filters[0].name if filters else "none", order, docs, instances)
         run.stage_ends = [max(1, math.ceil(s * len(order) - 1e-9)) for s in self.stages]
         return run
+
+    @property
+    def metrics(self) -> dict[str, str]:
+        """lm-eval task name -> its primary metric (the value in EvalResult.scores)."""
+        return {run.name: run.metric for run in self.runs}
 
     def evaluate(self, stage: int = -1) -> EvalResult:
         """Score every item up to `stage` (default: the last stage) with the model as it is now."""
@@ -236,18 +239,6 @@ def _make_lm(model: torch.nn.Module, tokenizer: Any, device: str, batch_size: in
     model.eval()
     kwargs = {"max_length": max_length} if max_length else {}
     return HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=batch_size, **kwargs)
-
-
-@contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Raise a logger's level to ERROR for the duration of the block."""
-    log = logging.getLogger(logger_name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _pick_device(device: str) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +80,14 @@ def resolve(
 
 def load_tasks(refs: Sequence[TaskRef], include_path: Path | str | Sequence[Path | str] | None = None) -> dict:
     """Build lm-eval Task objects (leaf name -> Task); unknown names and broken task folders are UserErrors."""
+    with quiet("lm_eval"):  # lm-eval warns about every custom_dataset
+        return _load_tasks(refs, [str(p) for p in as_paths(include_path)], include_path)
+
+
+def _load_tasks(refs: Sequence[TaskRef], paths: list[str], include_path: Path | str | Sequence[Path | str] | None) -> dict:
+    """load_tasks without the log filter."""
     from lm_eval.tasks import TaskManager
 
-    paths = [str(p) for p in as_paths(include_path)]
     tasks: dict = {}
     local = [r for r in refs if r.local]
     other = [r for r in refs if not r.local]
@@ -87,14 +96,12 @@ def load_tasks(refs: Sequence[TaskRef], include_path: Path | str | Sequence[Path
         for ref in local:
             tasks.update(_load_one(manager, ref, paths))
     if other:
-        # the default index scans every built-in task YAML: only pay for it when a name needs it
+        for ref in other:
+            _check_known(ref, (), include_path, quick=True)
+        # the default index parses every built-in task YAML (tens of seconds): only pay for it when a name needs it
         manager = TaskManager(include_path=paths, include_defaults=True)
         for ref in other:
-            if ref.name not in manager.all_tasks:
-                raise UserError(
-                    f"tasks: unknown task {ref.request!r}; eval_tasks has: {', '.join(local_task_names(include_path))} "
-                    "(or name an lm-eval built-in task)"
-                )
+            _check_known(ref, manager.all_tasks, include_path)
             tasks.update(_load_one(manager, ref, paths))
     return tasks
 
@@ -109,3 +116,44 @@ def _load_one(manager, ref: TaskRef, paths: list[str]) -> dict:
         where = f"{paths[0]}/{ref.name.rsplit('_', 1)[0]}" if ref.local else ref.name
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{where}: cannot load task {ref.name}: {msg}") from exc
+
+
+def validate(refs: Sequence[TaskRef], include_path: Path | str | Sequence[Path | str] | None = None) -> None:
+    """Fail fast, before a model is loaded: local tasks must load (data present), other names must look known."""
+    if any(r.local for r in refs):
+        load_tasks([r for r in refs if r.local], include_path)
+    for ref in refs:
+        if not ref.local:
+            _check_known(ref, (), include_path, quick=True)
+
+
+def _check_known(
+    ref: TaskRef, known: Sequence[str], include_path: Path | str | Sequence[Path | str] | None, quick: bool = False
+) -> None:
+    """UserError listing our tasks when a name is neither ours nor lm-eval's (`quick`: a text scan, no index)."""
+    if not (_mentioned_in_builtin_yaml(ref.name) if quick else ref.name in known):
+        raise UserError(
+            f"tasks: unknown task {ref.request!r}; eval_tasks has: {', '.join(local_task_names(include_path))} "
+            "(or name an lm-eval built-in task)"
+        )
+
+
+def _mentioned_in_builtin_yaml(name: str) -> bool:
+    """Whether any built-in lm-eval task YAML mentions `name`: a fast negative test before the slow index."""
+    import lm_eval
+
+    pattern = re.compile(r"(?<![\w-])" + re.escape(name) + r"(?![\w-])")
+    root = Path(lm_eval.__file__).parent / "tasks"
+    return any(pattern.search(p.read_text(encoding="utf-8", errors="ignore")) for p in root.rglob("*.yaml"))
+
+
+@contextmanager
+def quiet(logger_name: str) -> Iterator[None]:
+    """Raise a logger's level to ERROR for the duration of the block."""
+    log = logging.getLogger(logger_name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)

@@ -1,0 +1,73 @@
+"""`evolve eval model=DIR tasks=[a,b] [split=dev|test] [batch_size=8] [device=auto] [limit=N] [dtype=float32] [out=FILE.json]`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from evolve.commands._args import parse_kv
+from evolve.errors import UserError
+
+KEYS = ("model", "tasks", "split", "batch_size", "device", "limit", "dtype", "out")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def run(args: list[str]) -> int:
+    """Score a saved model folder on eval_tasks (or lm-eval built-ins), print a table and write JSON."""
+    opts = parse_kv(args, KEYS, required=("model", "tasks"))
+    model_dir = Path(str(opts["model"]))
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"model: {model_dir} is not a saved model folder (no config.json); pass model=DIR")
+    tasks = opts["tasks"] if isinstance(opts["tasks"], list) else [opts["tasks"]]
+    tasks = [str(t) for t in tasks]
+    split = str(opts.get("split", "dev"))
+    batch_size = _positive_int(opts.get("batch_size", 8), "batch_size")
+    limit = None if opts.get("limit") is None else _positive_int(opts["limit"], "limit")
+    dtype = str(opts.get("dtype", "float32"))
+    if dtype not in DTYPES:
+        raise UserError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
+    out = Path(str(opts.get("out") or model_dir / f"eval_{split}.json"))
+    if not out.parent.is_dir():
+        raise UserError(f"out: folder {out.parent} does not exist; create it or choose another out=FILE.json")
+
+    from evolve.tasks import resolve, validate
+
+    # an eval command scores for a report: the held-out split is allowed here, unlike in a search
+    validate(resolve(tasks, split, allow_test=True))
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evolve.evaluate import Evaluator
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    evaluator = Evaluator(model, tokenizer, tasks, split=split, batch_size=batch_size, device=str(opts.get("device", "auto")),
+                          limit=limit, allow_test=True)
+    result = evaluator.evaluate()
+    rows = [(name, evaluator.metrics[name], value, result.n_items[name]) for name, value in result.scores.items()]
+    print(_table(rows))
+    report = {
+        "model": str(model_dir), "split": split, "scores": result.scores, "metrics": evaluator.metrics,
+        "n_items": result.n_items, "limit": limit, "tokens": result.tokens, "seconds": round(result.seconds, 3),
+    }
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _positive_int(value: object, key: str) -> int:
+    """An int >= 1 or a UserError naming the key."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise UserError(f"{key}: {value!r} is not a positive integer; e.g. {key}=8")
+
+
+def _table(rows: list[tuple[str, str, float, int]]) -> str:
+    """A plain aligned text table: task, metric, value, n."""
+    lines = [("task", "metric", "value", "n")] + [(t, m, f"{v:.4f}", str(n)) for t, m, v, n in rows]
+    widths = [max(len(r[i]) for r in lines) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in lines)
