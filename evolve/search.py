@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 import warnings
@@ -112,12 +113,23 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
     model = build_live_model(opened, cfg.device, cfg.dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(opened.tokenizer_path))
     if evaluator_factory is None:
-        from evolve.evaluate import Evaluator as evaluator_factory
+        evaluator_factory = load_evaluator(cfg.tasks.evaluator)
     t = cfg.tasks
     evaluator = evaluator_factory(model, tokenizer, list(t.names), split="dev", batch_size=t.batch_size,
                                   device=cfg.device, limit=t.limit, subset_seed=t.subset_seed, stages=list(t.stages))
     hashes = {mid: ck.sha256() for mid, ck in opened.models.items()}
     return World(cfg, genome, opened, model, tokenizer, evaluator, hashes)
+
+
+def load_evaluator(path: str) -> Callable[..., Any]:
+    """The evaluator class named `module:Class` (tasks.evaluator)."""
+    import importlib
+
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"tasks.evaluator: cannot import {path!r} ({exc}); write module:Class") from None
 
 
 def trial_recipe(world: World, params: dict[str, float], trial_number: int | None, scores: dict | None = None):
@@ -149,6 +161,13 @@ class _Heartbeat:
                         return
             self.thread = threading.Thread(target=beat, daemon=True)
 
+    @staticmethod
+    def beat_once(study: optuna.Study, trial: optuna.Trial) -> None:
+        """Record one heartbeat now (heartbeat storages only)."""
+        storage = study._storage
+        if getattr(storage, "get_heartbeat_interval", lambda: None)():
+            storage.record_heartbeat(trial._trial_id)
+
     def __enter__(self) -> "_Heartbeat":
         if self.thread:
             self.thread.start()
@@ -166,6 +185,7 @@ def run_trial(world: World, study: optuna.Study, trial: optuna.Trial) -> tuple[T
 
     cfg = world.cfg
     params = world.genome.suggest(trial)
+    trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
     t0 = time.perf_counter()
     merge_into(world.model, trial_recipe(world, params, trial.number), world.sources)
     trial.set_user_attr("merge_seconds", round(time.perf_counter() - t0, 3))
@@ -217,6 +237,7 @@ def optimize(world: World, study: optuna.Study, *, on_trial: Callable[[optuna.St
             continue
         study.sampler = make_sampler(cfg, seed_offset=state.total)
         trial = study.ask()
+        _Heartbeat.beat_once(study, trial)  # at once: a trial killed before its first beat would never go stale
         ahead = budget_state(study, before=trial.number)
         if ahead.counted + ahead.running >= n_trials:
             trial.set_user_attr("skipped", "budget filled by other workers")
