@@ -124,12 +124,10 @@ def skill_text(task: str) -> list[tuple[str, str]]:
 
 def _batch(tok: PreTrainedTokenizerFast, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Token ids, attention mask and labels; the loss covers the answer only when a prompt is given."""
-    seqs, labels = [], []
-    for prompt, answer in pairs:
-        ids = tok(f"{prompt} {answer}".strip())["input_ids"]
-        n_prompt = len(tok(prompt)["input_ids"]) if prompt else 1
-        seqs.append(ids)
-        labels.append([-100] * n_prompt + ids[n_prompt:])
+    seqs = tok([f"{prompt} {answer}".strip() for prompt, answer in pairs])["input_ids"]
+    n_prompts = [len(ids) for ids in tok([prompt for prompt, _ in pairs])["input_ids"]]
+    # An empty prompt still encodes to the BOS alone, so the loss then covers the whole text.
+    labels = [[-100] * n + ids[n:] for ids, n in zip(seqs, n_prompts)]
     width = max(map(len, seqs))
     pad = tok.pad_token_id
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])

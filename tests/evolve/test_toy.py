@@ -19,7 +19,7 @@ TINY = {"layers": 1, "hidden": 16, "base_steps": 2, "steps": 2, "batch_size": 4}
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+        return {k: f.get_tensor(k).clone() for k in f.keys()}
 
 
 def test_prepare_is_cached_and_rebuilds_on_change(tmp_path: Path) -> None:
@@ -38,11 +38,11 @@ def test_prepare_is_cached_and_rebuilds_on_change(tmp_path: Path) -> None:
 
 
 def test_prepare_is_deterministic_and_heals_a_damaged_cache(tmp_path: Path) -> None:
-    a = _weights(toy.prepare(tmp_path / "a", progress=False, **TINY)["upper"])
-    damaged = toy.prepare(tmp_path / "b", progress=False, **TINY)
-    (damaged["upper"] / "model.safetensors").write_bytes(b"truncated")
-    b = _weights(toy.prepare(tmp_path / "b", progress=False, **TINY)["upper"])
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    folders = toy.prepare(tmp_path, progress=False, **TINY)
+    before = _weights(folders["upper"])
+    (folders["upper"] / "model.safetensors").write_bytes(b"truncated")
+    after = _weights(toy.prepare(tmp_path, progress=False, **TINY)["upper"])
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 @pytest.mark.parametrize("options", [{"hiden": 64}, {"steps": 0}, {"layers": 1.5}, {"hidden": 30, "heads": 4}])
@@ -99,11 +99,12 @@ def test_lm_eval_scores_a_saved_folder_like_the_direct_computation(toy_models: d
         model="hf",
         model_args=f"pretrained={toy_models['succ']},dtype=float32",
         tasks=["toy_succ_dev"],
-        task_manager=TaskManager(include_path=str(tasks_dir)),
-        batch_size=32,
+        task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
+        batch_size=64,
         device="cpu",
+        limit=60,
     )
     model = AutoModelForCausalLM.from_pretrained(toy_models["succ"], dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(toy_models["succ"])
-    direct = toy.mc_accuracy(model, tok, toy.read_split("toy_succ", "dev"))
+    direct = toy.mc_accuracy(model, tok, toy.read_split("toy_succ", "dev")[:60])
     assert out["results"]["toy_succ_dev"]["acc,none"] == pytest.approx(direct, abs=1e-9)
