@@ -1,4 +1,4 @@
-"""Writes data/{train,dev,test}.jsonl for arith: 2-3 digit addition and subtraction, 2-digit times 1-digit ("What is 347 + 589?" -> "936")."""
+"""Writes data/{train,dev,test}.jsonl for arith: 2-3 digit addition, 2-digit subtraction and times 1-digit ("What is 347 + 58?" -> "405")."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ SIZES = {"train": 4000, "dev": 250, "test": 400}
 
 
 def make_item(rng: random.Random) -> tuple[str, str]:
-    """One (question, answer) pair; subtraction never goes below zero."""
-    op = rng.choice("++--*")
-    if op == "*":
+    """One (question, answer) pair: 2-digit + or - (never below zero), 3-digit + 2-digit, or 2-digit * 1-digit."""
+    kind = rng.random()
+    if kind < 0.25:
+        a, b = rng.randint(100, 999), rng.randint(10, 99)
+        return f"What is {a} + {b}?", str(a + b)
+    if kind < 0.4:
         a, b = rng.randint(10, 99), rng.randint(2, 9)
         return f"What is {a} * {b}?", str(a * b)
-    a, b = rng.randint(10, 999), rng.randint(10, 999)
-    if op == "-":
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    if rng.random() < 0.5:
         a, b = max(a, b), min(a, b)
         return f"What is {a} - {b}?", str(a - b)
     return f"What is {a} + {b}?", str(a + b)
