@@ -122,6 +122,11 @@ class Evaluator:
         """lm-eval task name -> its primary metric (the value in EvalResult.scores)."""
         return {run.name: run.metric for run in self.runs}
 
+    @property
+    def order(self) -> dict[str, list[int]]:
+        """lm-eval task name -> document ids in the order they are scored (stages take prefixes of it)."""
+        return {run.name: list(run.order) for run in self.runs}
+
     def evaluate(self, stage: int = -1) -> EvalResult:
         """Score every item up to `stage` (default: the last stage) with the model as it is now."""
         n_stages = len(self.stages)

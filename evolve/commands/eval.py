@@ -1,4 +1,5 @@
-"""`evolve eval model=DIR tasks=[a,b] [split=dev|test] [batch_size=8] [device=auto] [limit=N] [dtype=float32] [out=FILE.json]`."""
+"""`evolve eval model=DIR tasks=[a,b] [split=dev|test] [batch_size=8] [device=auto] [limit=N] [dtype=float32] [out=FILE.json]
+[include_path=DIR]` (default: the eval_tasks folder)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from evolve.commands._args import parse_kv
 from evolve.errors import UserError
 
-KEYS = ("model", "tasks", "split", "batch_size", "device", "limit", "dtype", "out")
+KEYS = ("model", "tasks", "split", "batch_size", "device", "limit", "dtype", "out", "include_path")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
@@ -31,10 +32,15 @@ def run(args: list[str]) -> int:
     if not out.parent.is_dir():
         raise UserError(f"out: folder {out.parent} does not exist; create it or choose another out=FILE.json")
 
+    include_path = opts.get("include_path")
+    if include_path is not None and not Path(str(include_path)).is_dir():
+        raise UserError(f"include_path: {include_path} is not a folder; pass a folder of task folders")
+    include_path = None if include_path is None else Path(str(include_path))
+
     from evolve.tasks import resolve, validate
 
     # an eval command scores for a report: the held-out split is allowed here, unlike in a search
-    validate(resolve(tasks, split, allow_test=True))
+    validate(resolve(tasks, split, include_path=include_path, allow_test=True), include_path)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -44,7 +50,7 @@ def run(args: list[str]) -> int:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     evaluator = Evaluator(model, tokenizer, tasks, split=split, batch_size=batch_size, device=str(opts.get("device", "auto")),
-                          limit=limit, allow_test=True)
+                          limit=limit, allow_test=True, include_path=include_path)
     result = evaluator.evaluate()
     rows = [(name, evaluator.metrics[name], value, result.n_items[name]) for name, value in result.scores.items()]
     print(_table(rows))
