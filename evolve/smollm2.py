@@ -60,7 +60,8 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
     gguf = find_gguf()
     out = cache_dir / "base"
     manifest = {"kind": "smollm2_base", "gguf": GGUF_NAME, "gguf_sha256": file_sha256(gguf)}
-    if read_manifest(out) == manifest:
+    old = read_manifest(out)
+    if old is not None and {k: old.get(k) for k in manifest} == manifest and "weights_sha256" in old:
         return out
     model, tokenizer = load_gguf(gguf)
     if not model.config.tie_word_embeddings:
@@ -70,7 +71,8 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, manifest)
+        # specialists key their cache on the exact base weights
+        write_manifest(tmp, {**manifest, "weights_sha256": file_sha256(tmp / "model.safetensors")})
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
