@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +38,17 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
             raise UserError(f"storage: {url!r} is neither a database URL ({', '.join(RDB_SCHEMES)}) nor a journal "
                             f"file ({', '.join(JOURNAL_SUFFIXES)}); e.g. storage=runs/x/journal.log")
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
-            grace_period=int(cfg.grace_period),
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-        )
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
+                    grace_period=int(cfg.grace_period),
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+            except Exception as exc:  # workers starting together race to create the tables; the loser retries
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
 
 
 def make_sampler(cfg: DictConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:

@@ -112,7 +112,7 @@ def test_sigkill_then_same_command_finishes_exactly_n(tmp_path, models):
 
 def test_two_workers_share_one_storage_without_overshoot(tmp_path, models):
     path = write_config(tmp_path, models)
-    cmd = _search_cmd(path, "n_trials=7", "optimizer=random")
+    cmd = _search_cmd(path, "n_trials=5", "optimizer=random")
     env = env_for(models, FAKE_EVAL_SLEEP="0.2")
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     for p in procs:
@@ -121,7 +121,7 @@ def test_two_workers_share_one_storage_without_overshoot(tmp_path, models):
     cfg, _ = load_config([f"conf={path}", "optimizer=random"])
     trials = _study(cfg).get_trials()
     counted = _counted(trials)
-    assert len(counted) == 7
+    assert len(counted) == 5
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     points = [tuple(sorted(t.params.items())) for t in counted]
     assert len(set(points)) == len(points)  # no point evaluated twice
