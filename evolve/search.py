@@ -194,8 +194,8 @@ def run_trial(world: World, study: optuna.Study, trial: optuna.Trial) -> tuple[T
         staged = not cfg.optimizer.multi_objective
         results = world.evaluator.evaluate_staged() if staged else [world.evaluator.evaluate()]
         for stage, res in enumerate(results):
-            tokens += int(res.tokens)
-            eval_s += float(res.seconds)
+            # EvalResult.tokens/seconds are cumulative over the stages of one evaluate_staged
+            tokens, eval_s = int(res.tokens), float(res.seconds)
             scores = {t: task_score(res.scores, t) for t in cfg.tasks.names}
             values = objective_values(cfg, res.scores)
             if not all(math.isfinite(v) for v in values):
