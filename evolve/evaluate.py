@@ -111,6 +111,7 @@ class Evaluator:
         order = order[:limit] if limit else order
         if not order:
             raise UserError(f"tasks: {name} has no items; check its data files")
+        _memoize_choices(task, docs.values())
         metric = task.config.metric_list[0]["metric"] if task.config.metric_list else next(iter(task.aggregation()))
         filters = getattr(task, "_filters", None) or []
         run = _TaskRun(name, task, metric, filters[0].name if filters else "none", order, docs, instances)
@@ -233,6 +234,22 @@ class _FirstForwardCheck:
     def __exit__(self, *exc: object) -> None:
         """Detach the hook if no forward pass ran."""
         self.handle.remove()
+
+
+def _memoize_choices(task: Any, docs: Any) -> None:
+    """Render each doc's choices once: process_results re-compiles the Jinja template per doc and per candidate."""
+    if task.get_config("output_type") != "multiple_choice":
+        return
+    render = task.doc_to_choice
+    rendered = {id(doc): render(doc) for doc in docs}
+
+    def doc_to_choice(doc: Any, doc_to_choice: Any = None) -> list[str]:
+        if doc_to_choice is None and id(doc) in rendered:
+            return list(rendered[id(doc)])
+        return render(doc, doc_to_choice)
+
+    # an attribute of this Task object only (built by and private to this Evaluator), not a patch of lm-eval
+    task.doc_to_choice = doc_to_choice
 
 
 def _make_lm(model: torch.nn.Module, tokenizer: Any, device: str, batch_size: int, max_length: int | None) -> Any:
