@@ -140,3 +140,21 @@ def test_multirun_sweep_gives_each_job_its_own_study(tmp_path, models):
         study = optuna.load_study(study_name=f"fake_job{job}", storage=f"sqlite:///{out / 'study.db'}")
         assert study.user_attrs["config"]["seed"] == seed
     assert not (Path.cwd() / "outputs").exists() and not (Path.cwd() / "multirun").exists()
+
+
+def test_tiny_end_to_end_with_the_real_toy_world(toy_models, tmp_path, capsys):
+    from evolve.cli import main
+
+    out = tmp_path / "tiny"
+    cache = toy_models["base"].parent
+    args = ["search", "conf=tiny", f"out_dir={out}", f"models.cache_dir={cache}", "n_trials=3", "progress=false"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| test |" in printed and "toy_succ_test" in printed  # the held-out table is printed at the end
+    for path in ("study.db", "best/recipe.yaml", "best/model/config.json", "best/model/model.safetensors",
+                 "best/model/README.md", "report/results.json", "report/results.md", "report/history.png",
+                 "report/recipe_heatmap.png"):
+        assert (out / path).exists(), path
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(_counted(study.get_trials())) == 3
+    assert all(0.0 <= v <= 1.0 for t in study.get_trials() for v in t.user_attrs["scores"].values())
