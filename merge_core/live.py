@@ -73,8 +73,8 @@ def merge_into(model: PreTrainedModel, recipe: Recipe, sources: Sources, cache: 
     fetch = _cached_fetch(sources, device) if cache else sources.get
     with torch.no_grad():
         for plan in plans:
-            merged = merge_tensor(plan, fetch, recipe.seed, device)
-            params[plan.out_name].data.copy_(merged.to(params[plan.out_name].dtype))
+            # streaming methods write row chunks straight into the parameter: no whole-tensor float32 copy
+            merge_tensor(plan, fetch, recipe.seed, device, out=params[plan.out_name].data)
 
 
 def _cached_fetch(sources: Sources, device: torch.device) -> Callable[[str, str], torch.Tensor]:

@@ -166,18 +166,28 @@ def tensor_seed(seed: int, name: str) -> int:
 
 
 def merge_tensor(
-    plan: TensorPlan, fetch: Callable[[str, str], torch.Tensor], seed: int, device: torch.device | str = "cpu"
+    plan: TensorPlan,
+    fetch: Callable[[str, str], torch.Tensor],
+    seed: int,
+    device: torch.device | str = "cpu",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Fetch the plan's inputs, merge them in float32 on `device`, return the float32 result."""
+    """Fetch the plan's inputs, merge them in float32 on `device`; return the float32 result, or `out` filled with it."""
     spec = METHODS[plan.method]
-    tensors = {m: fetch(m, name).to(device=device, dtype=torch.float32) for m, name in plan.inputs.items()}
+    tensors = {m: fetch(m, name).to(device=device) for m, name in plan.inputs.items()}
+    if not spec.streams:  # streaming methods upcast a chunk at a time instead of whole tensors
+        tensors = {m: v.to(torch.float32) for m, v in tensors.items()}
     shapes = {m: tuple(v.shape) for m, v in tensors.items()}
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{m} {list(s)}" for m, s in shapes.items())
         raise UserError(f"{plan.where}: {plan.out_name}: shapes differ ({listed}); merge models of the same size and vocabulary")
+    if out is not None and tuple(out.shape) != next(iter(shapes.values())):
+        raise ValueError(f"{plan.out_name}: out has shape {list(out.shape)}, inputs {list(next(iter(shapes.values())))}")
     generator = torch.Generator(device="cpu").manual_seed(tensor_seed(seed, plan.out_name)) if spec.random else None
     try:
-        out = spec.fn(tensors, plan.base, plan.params, plan.options, generator)
+        if spec.streams:
+            return spec.fn(tensors, plan.base, plan.params, plan.options, generator, out=out)
+        merged = spec.fn(tensors, plan.base, plan.params, plan.options, generator).to(torch.float32)
     except ValueError as e:
         raise UserError(f"{plan.where}: {plan.out_name}: {e}") from None
-    return out.to(torch.float32)
+    return merged if out is None else out.copy_(merged)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from merge_core.methods.registry import REQUIRED, register
+from merge_core.methods.sparsify import row_chunks
 
 Tensors = dict[str, torch.Tensor]
 Params = dict[str, dict[str, Any]]
@@ -20,18 +21,28 @@ Params = dict[str, dict[str, Any]]
     needs_base=False,
     random=False,
     base_needs=("weight",),
+    streams=True,
 )
-def linear(tensors: Tensors, base: str | None, params: Params, options: dict[str, Any], generator: torch.Generator | None) -> torch.Tensor:
-    """Weighted sum of every input, divided by the weight sum when `normalize`."""
-    stacked = torch.stack(list(tensors.values()))
-    weights = torch.tensor([float(params[m]["weight"]) for m in tensors], dtype=stacked.dtype, device=stacked.device)
-    weights = weights.view(-1, *([1] * (stacked.dim() - 1)))
-    out = (weights * stacked).sum(dim=0)
-    if options["normalize"]:
-        total = weights.sum(dim=0)
-        if float(total.reshape(-1)[0]) == 0:
-            raise ValueError("linear weights sum to 0 with normalize: true; give some model a non-zero weight")
-        out = out / total
+def linear(
+    tensors: Tensors, base: str | None, params: Params, options: dict[str, Any], generator: torch.Generator | None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted sum of every input, divided by the weight sum when `normalize` (float32 math, chunk by chunk)."""
+    inputs = list(tensors.values())
+    weights = [float(params[m]["weight"]) for m in tensors]
+    total = float(torch.tensor(weights, dtype=torch.float32).sum())
+    if options["normalize"] and total == 0:
+        raise ValueError("linear weights sum to 0 with normalize: true; give some model a non-zero weight")
+    first = inputs[0]
+    out = torch.empty(first.shape, dtype=torch.float32, device=first.device) if out is None else out
+    for rows in row_chunks(tuple(first.shape)):
+        acc = torch.empty(inputs[0][rows].shape, dtype=torch.float32, device=first.device)
+        acc.copy_(inputs[0][rows]).mul_(weights[0])
+        for x, w in zip(inputs[1:], weights[1:]):
+            acc.add_(x[rows], alpha=w)
+        if options["normalize"]:
+            acc.div_(total)
+        out[rows] = acc
     return out
 
 

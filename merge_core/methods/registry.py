@@ -46,6 +46,8 @@ class MethodSpec:
     min_non_base: int = 0
     # per-model params that even the base model must carry (linear weighs every input)
     base_needs: tuple[str, ...] = field(default=())
+    # fn takes inputs in their stored dtype (upcasting a row chunk at a time) and an `out=` tensor to fill
+    streams: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {}

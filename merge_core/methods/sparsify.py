@@ -1,75 +1,128 @@
-"""Sparsification of task vectors (mergekit 0.1.5 semantics), with masks drawn from a given generator."""
+"""Sparsification of task vectors (mergekit 0.1.5 semantics) as keep-masks, built a row chunk at a time.
+
+A delta is given as a callable `delta(rows) -> float32 tensor` over row slices, so big tensors (a 1B model's
+embedding) are never held whole in float32. Random masks are drawn from the given generator in chunk order,
+which yields the same bits as one draw over the whole tensor.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator
+
 import torch
 
-
-def rescale_l1(delta: torch.Tensor, masked: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Scale `masked` so its L1 norm matches `delta`'s (unchanged when either is ~0)."""
-    before = delta.abs().sum()
-    after = masked.abs().sum()
-    if before < eps or after < eps:
-        return masked
-    return masked * (before / after)
+CHUNK = 1 << 22  # elements per row chunk: bounded float32 scratch, still big enough for fast kernels
+Delta = Callable[[slice], torch.Tensor]
 
 
-def _apply(delta: torch.Tensor, mask: torch.Tensor, rescale: bool) -> torch.Tensor:
-    masked = delta * mask
-    return rescale_l1(delta, masked) if rescale else masked
+def row_chunks(shape: torch.Size | tuple[int, ...]) -> list[slice]:
+    """Slices along dim 0, each holding at most CHUNK elements (at least one row)."""
+    if len(shape) == 0:
+        return [slice(None)]
+    per_row = max(1, math.prod(shape[1:]))
+    step = max(1, CHUNK // per_row)
+    return [slice(i, min(i + step, shape[0])) for i in range(0, shape[0], step)] or [slice(0, 0)]
 
 
-def magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    """Keep the max(1, int(density * numel)) largest-magnitude entries (TIES trim); none at density 0."""
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1)
+
+
+def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int) -> tuple[torch.Tensor, int]:
+    """(the k-th largest value of the chunks' elements, how many are strictly larger), 1 <= k <= total.
+
+    `chunks()` yields the values afresh on each call; a strided sample brackets the answer and only the
+    values inside the bracket are selected exactly, so nothing of the tensor's size is sorted or kept.
+    """
+    step = max(1, total // (1 << 16))
+    sample = torch.sort(torch.cat([_flat(c)[::step] for c in chunks()])).values
+    m = sample.numel()
+    pos = (total - k) / total * m  # where the answer sits in the ascending sample
+    margin = 64 + 4 * math.sqrt(m)
+    lo = sample[int(pos - margin)] if pos - margin >= 1 else None
+    hi = sample[int(pos + margin)] if pos + margin < m - 1 else None
+    while True:
+        above, inside = 0, []
+        for c in chunks():
+            c = _flat(c)
+            sel = torch.ones_like(c, dtype=torch.bool) if lo is None else c >= lo
+            if hi is not None:
+                above += int(torch.count_nonzero(c > hi))
+                sel &= c <= hi
+            inside.append(c[sel])
+        values = torch.cat(inside)
+        need = k - above
+        if 0 < need <= values.numel():
+            kth = torch.kthvalue(values, values.numel() - need + 1).values
+            return kth, above + int(torch.count_nonzero(values > kth))
+        # the sample misjudged the bracket (rare): take everything on the side the answer lies
+        lo, hi = (hi, None) if need <= 0 else (None, lo)
+
+
+def magnitude_mask(delta: Delta, shape: tuple[int, ...], density: float) -> torch.Tensor:
+    """Keep the max(1, int(density * numel)) largest |delta| (TIES trim); ties at the cut go to the lowest flat index."""
+    n = math.prod(shape)
     if density >= 1:
-        return delta
-    if density <= 0 or delta.numel() == 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * delta.numel()))
-    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    mask[torch.argsort(delta.abs().reshape(-1), descending=True)[:k]] = 1
-    return _apply(delta, mask.reshape_as(delta), rescale)
+        return torch.ones(shape, dtype=torch.bool)
+    if density <= 0 or n == 0:
+        return torch.zeros(shape, dtype=torch.bool)
+    k = max(1, int(density * n))
+    slices = row_chunks(shape)
+    if len(slices) == 1:
+        whole = [delta(slices[0]).abs()]
+        chunks: Callable[[], Iterator[torch.Tensor]] = lambda: iter(whole)  # noqa: E731
+    else:  # recomputing a chunk's magnitudes is cheaper than holding a big tensor's in float32
+        chunks = lambda: (delta(s).abs() for s in slices)  # noqa: E731
+    kth, above = kth_largest(chunks, n, k)
+    need = k - above
+    out = []
+    # mergekit's argsort leaves the order of equal magnitudes unspecified; lowest flat index first is deterministic
+    for mag in chunks():
+        keep = mag > kth
+        if need > 0:
+            ties = torch.nonzero(_flat(mag == kth)).reshape(-1)[:need]
+            _flat(keep)[ties] = True
+            need -= ties.numel()
+        out.append(keep)
+    return torch.cat(out).reshape(shape)
 
 
-def magnitude_outliers(delta: torch.Tensor, density: float, rescale: bool, gamma: float) -> torch.Tensor:
+def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
     """Drop the gamma share of largest entries, then the smallest, keeping `density` (breadcrumbs)."""
     if density >= 1:
-        return delta
+        return torch.ones_like(delta, dtype=torch.bool)
     n = delta.numel()
     target = int(density * n)
     # fewer outliers are dropped when gamma + density would exceed the whole tensor
     n_bot = max(0, n - target - int(gamma * n))
     order = torch.sort(delta.abs().reshape(-1)).indices
-    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
-    mask[order[n_bot : n_bot + target]] = 1
-    return _apply(delta, mask.reshape_as(delta), rescale)
+    mask = torch.zeros(n, dtype=torch.bool, device=delta.device)
+    mask[order[n_bot : n_bot + target]] = True
+    return mask.reshape_as(delta)
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    # masks are drawn on the generator's device (CPU) so GPU and CPU builds get the same bits
-    return torch.bernoulli(probs.to(generator.device), generator=generator).to(probs.device)
-
-
-def bernoulli(delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator) -> torch.Tensor:
-    """Keep each entry with probability `density` (DARE)."""
+def bernoulli_mask(shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
+    """Keep each entry with probability `density` (DARE); drawn chunk by chunk on the generator's device (CPU)."""
     if density >= 1:
-        return delta
-    return _apply(delta, _draw(torch.full_like(delta, density), generator), rescale)
+        return torch.ones(shape, dtype=torch.bool)
+    parts = []
+    for s in row_chunks(shape):
+        rows = torch.empty(shape, dtype=torch.bool, device="meta")[s].shape
+        parts.append(torch.bernoulli(torch.full(rows, density, device=generator.device), generator=generator).bool())
+    return torch.cat(parts).reshape(shape) if shape else parts[0]
 
 
-def della_magprune(
-    delta: torch.Tensor, density: float, rescale: bool, epsilon: float, generator: torch.Generator
-) -> torch.Tensor:
+def della_mask(delta: torch.Tensor, density: float, epsilon: float, generator: torch.Generator) -> torch.Tensor:
     """Keep entries with probability rising linearly with their magnitude rank in each row (DELLA)."""
     if density >= 1:
-        return delta
+        return torch.ones_like(delta, dtype=torch.bool)
     if density <= 0:
-        return torch.zeros_like(delta)
+        return torch.zeros_like(delta, dtype=torch.bool)
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise ValueError(
             f"density {density} +/- epsilon {epsilon} leaves (0, 1); choose epsilon < min(density, 1 - density)"
         )
-    shape = delta.shape
     rows = delta.unsqueeze(0) if delta.dim() < 2 else delta
     ranks = torch.argsort(rows.abs(), dim=1).argsort(dim=1).to(torch.float32) + 1
     lo = ranks.min(dim=1, keepdim=True).values
@@ -77,4 +130,17 @@ def della_magprune(
     # a one-column row has hi == lo; mergekit would draw from NaN there
     rank_norm = torch.nan_to_num((ranks - lo) / (hi - lo)).clamp(0, 1)
     probs = (density - epsilon) + rank_norm * 2 * epsilon
-    return _apply(rows, _draw(probs, generator), rescale).reshape(shape)
+    keep = torch.bernoulli(probs.to(generator.device), generator=generator).to(delta.device).bool()
+    return keep.reshape(delta.shape)
+
+
+def l1_scale(delta: Delta, shape: tuple[int, ...], keep: torch.Tensor, eps: float = 1e-7) -> float | None:
+    """Factor that gives the masked delta the whole delta's L1 norm (None when either norm is ~0)."""
+    before = after = 0.0
+    for s in row_chunks(shape):
+        d = delta(s).abs()
+        before += float(d.sum(dtype=torch.float64))
+        after += float((d * keep[s]).sum(dtype=torch.float64))
+    if before < eps or after < eps:
+        return None
+    return before / after

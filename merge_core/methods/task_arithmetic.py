@@ -21,17 +21,18 @@ def model_generator(generator: torch.Generator | None, model: str) -> torch.Gene
     return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def _sparsify(
-    delta: torch.Tensor, how: Sparsification, p: dict[str, Any], rescale: bool, gen: torch.Generator
+def _keep_mask(
+    delta: sp.Delta, shape: tuple[int, ...], how: Sparsification, p: dict[str, Any], gen: torch.Generator
 ) -> torch.Tensor:
     density = float(p["density"])
     if how == "magnitude":
-        return sp.magnitude(delta, density, rescale)
-    if how == "magnitude_outliers":
-        return sp.magnitude_outliers(delta, density, rescale, float(p["gamma"]))
+        return sp.magnitude_mask(delta, shape, density)
     if how == "random":
-        return sp.bernoulli(delta, density, rescale, gen)
-    return sp.della_magprune(delta, density, rescale, float(p["epsilon"]), gen)
+        return sp.bernoulli_mask(shape, density, gen)
+    whole = delta(slice(None))  # rank-based masks need the whole delta (not used by the benchmarked methods)
+    if how == "magnitude_outliers":
+        return sp.outlier_mask(whole, density, float(p["gamma"]))
+    return sp.della_mask(whole, density, float(p["epsilon"]), gen)
 
 
 def generalized_task_arithmetic(
@@ -43,47 +44,73 @@ def generalized_task_arithmetic(
     *,
     sparsification: Sparsification | None,
     consensus: Literal["sum"] | None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """base + lambda * combine(weight_i * sparsify(model_i - base)), normalized by the used weights."""
+    """base + lambda * combine(weight_i * sparsify(model_i - base)), normalized by the used weights.
+
+    Inputs may be any float dtype; math is float32, a row chunk at a time, written into `out` when given.
+    """
     if base is None or base not in tensors:
         raise ValueError("task-arithmetic methods need the base model's tensor")
     base_t = tensors[base]
+    shape = tuple(base_t.shape)
+    out = torch.empty(shape, dtype=torch.float32, device=base_t.device) if out is None else out
     others = [m for m in tensors if m != base]
     if not others:
-        return base_t
-    deltas = []
+        return out.copy_(base_t)
+
+    def delta_of(m: str) -> sp.Delta:
+        return lambda rows: tensors[m][rows].float() - base_t[rows].float()
+
+    keep: dict[str, torch.Tensor | None] = {}
+    scale: dict[str, float | None] = {}
     for m in others:
-        delta = tensors[m] - base_t
-        if sparsification is not None:
-            delta = _sparsify(delta, sparsification, params[m], bool(options["rescale"]), model_generator(generator, m))
-        deltas.append(delta)
-    stacked = torch.stack(deltas)
-    weights = torch.tensor([float(params[m]["weight"]) for m in others], dtype=stacked.dtype, device=stacked.device)
-    weights = weights.view(-1, *([1] * base_t.dim()))
-    weighted = stacked * weights
-    if consensus == "sum":
-        # TIES election: keep entries whose sign agrees with the sign of the summed weighted deltas
-        majority = torch.where(weighted.sum(dim=0) >= 0, 1.0, -1.0).to(weighted.dtype)
-        mask = weighted.sign() == majority
-        mixed = (weighted * mask).sum(dim=0)
-        divisor = (weights * mask).sum(dim=0)
-        divisor[divisor == 0] = 1
-    else:
-        mixed = weighted.sum(dim=0)
-        divisor = weights.sum(dim=0)
-        divisor[divisor.abs() < 1e-8] = 1
-    # int8_mask only saves memory in mergekit; a bool mask gives the same numbers
-    if options["normalize"]:
-        mixed = mixed / divisor
-    if float(options["lambda"]) != 1:
-        mixed = mixed * float(options["lambda"])
-    return base_t + mixed
+        keep[m], scale[m] = None, None
+        if sparsification is not None and float(params[m]["density"]) < 1:
+            mask = _keep_mask(delta_of(m), shape, sparsification, params[m], model_generator(generator, m))
+            keep[m] = mask.to(base_t.device)
+            if options["rescale"]:
+                scale[m] = sp.l1_scale(delta_of(m), shape, keep[m])
+    weights = [float(params[m]["weight"]) for m in others]
+    lam, normalize = float(options["lambda"]), bool(options["normalize"])
+    for rows in sp.row_chunks(shape):
+        b = base_t[rows].float()
+        deltas = []
+        for m, w in zip(others, weights):
+            d = tensors[m][rows].to(torch.float32, copy=True).sub_(b)
+            if keep[m] is not None:
+                d.mul_(keep[m][rows])
+            if scale[m] is not None:
+                d.mul_(scale[m])
+            deltas.append(d.mul_(w))
+        if consensus == "sum":
+            # TIES election: keep entries whose sign agrees with the sign of the summed weighted deltas
+            majority = torch.where(sum(deltas[1:], deltas[0]) >= 0, 1.0, -1.0)
+            mixed = torch.zeros_like(b)
+            divisor = torch.zeros_like(b)
+            for d, w in zip(deltas, weights):
+                agree = d.sign() == majority
+                mixed += d.mul_(agree)
+                divisor += agree * w
+            divisor.masked_fill_(divisor == 0, 1)
+        else:
+            mixed = sum(deltas[1:], deltas[0])
+            total = float(torch.tensor(weights, dtype=torch.float32).sum())
+            divisor = 1.0 if abs(total) < 1e-8 else total
+        # int8_mask only saves memory in mergekit; a bool mask gives the same numbers
+        if normalize:
+            mixed = mixed / divisor
+        if lam != 1:
+            mixed = mixed * lam
+        out[rows] = b + mixed
+    return out
 
 
 def _variant(name: str, how: Sparsification | None, consensus: Literal["sum"] | None, normalize: bool, rescale: bool) -> None:
     extra = {"magnitude_outliers": {"gamma": 0.01}, "della_magprune": {"epsilon": 0.15}}.get(how or "", {})
     register(
         name,
+        streams=True,
         tensor_params={"weight": REQUIRED, "density": 1.0, **extra},
         global_params={"int8_mask": False, "normalize": normalize, "rescale": rescale, "lambda": 1.0},
         needs_base=True,
