@@ -63,6 +63,9 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
     old = read_manifest(out)
     if old is not None and {k: old.get(k) for k in manifest} == manifest and "weights_sha256" in old:
         return out
+    import torch
+    from transformers import AutoModelForCausalLM
+
     model, tokenizer = load_gguf(gguf)
     if not model.config.tie_word_embeddings:
         raise RuntimeError(f"{gguf}: expected tied embeddings in SmolLM2-135M-Instruct")
@@ -71,8 +74,12 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        # specialists key their cache on the exact base weights
-        write_manifest(tmp, {**manifest, "weights_sha256": file_sha256(tmp / "model.safetensors")})
+        reference = probe_logits(model, tokenizer)
+        if not torch.equal(probe_logits(AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32), tokenizer), reference):
+            raise RuntimeError(f"{tmp}: the saved folder does not reproduce the GGUF model's logits")
+        # specialists key their cache on the exact base weights; the probe lets anyone re-check the conversion
+        write_manifest(tmp, {**manifest, "weights_sha256": file_sha256(tmp / "model.safetensors"),
+                             "probe": {"text": PROBE, "last_logits_top8": top8(reference)}})
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -82,6 +89,21 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
 
 
 MANIFEST = "manifest.json"
+PROBE = "Question: What is 12 + 30?\nAnswer:"
+
+
+def probe_logits(model, tokenizer):
+    """Logits of the probe prompt (float32, CPU)."""
+    import torch
+
+    with torch.no_grad():
+        return model(tokenizer(PROBE, return_tensors="pt").input_ids).logits
+
+
+def top8(logits) -> list[list[float]]:
+    """[token id, logit] of the 8 largest logits at the last position (a compact fingerprint for the manifest)."""
+    values, ids = logits[0, -1].topk(8)
+    return [[int(i), round(float(v), 4)] for v, i in zip(values, ids)]
 
 
 def read_manifest(folder: Path) -> dict | None:
