@@ -96,7 +96,10 @@ def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progr
         shard, shard_bytes = {}, 0
 
     for plan in tqdm(plans, desc="merging", unit="tensor", disable=not progress):
-        tensor = merge_tensor(plan, sources.get, recipe.seed, device).to(dtype).cpu().contiguous()
+        model_id, name = next(iter(plan.inputs.items()))
+        # merged straight into the output dtype: streaming methods never hold the whole tensor in float32
+        out = torch.empty(sources.models[model_id].shape(name), dtype=dtype, device=device)
+        tensor = merge_tensor(plan, sources.get, recipe.seed, device, out=out).cpu().contiguous()
         size = tensor.numel() * tensor.element_size()
         if shard and shard_bytes + size > shard_size:
             flush()
