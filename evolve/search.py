@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -213,11 +214,10 @@ def run_trial(world: World, study: optuna.Study, trial: optuna.Trial) -> tuple[T
 
 
 def _nonfinite_types() -> tuple[type[BaseException], ...]:
-    try:
-        from evolve.evaluate import NonFiniteLogits
-    except ImportError:
-        return (FloatingPointError,)
-    return (NonFiniteLogits, FloatingPointError)
+    # evolve.evaluate (and lm-eval) is only imported by the real Evaluator; a fake one need not pay for it
+    module = sys.modules.get("evolve.evaluate")
+    extra = (module.NonFiniteLogits,) if module is not None and hasattr(module, "NonFiniteLogits") else ()
+    return (FloatingPointError, *extra)
 
 
 def optimize(world: World, study: optuna.Study, *, on_trial: Callable[[optuna.Study], None] | None = None) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
+import fcntl
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,17 +39,28 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
             raise UserError(f"storage: {url!r} is neither a database URL ({', '.join(RDB_SCHEMES)}) nor a journal "
                             f"file ({', '.join(JOURNAL_SUFFIXES)}); e.g. storage=runs/x/journal.log")
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        for attempt in range(5):
-            try:
-                return optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
-                    grace_period=int(cfg.grace_period),
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-                )
-            except Exception as exc:  # workers starting together race to create the tables; the loser retries
-                if "already exists" not in str(exc) or attempt == 4:
-                    raise
-                time.sleep(0.5 + attempt)
+        with _creation_lock(url):
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
+                grace_period=int(cfg.grace_period),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str):
+    """Serialize schema creation of a local sqlite file: workers starting together race to create its tables."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(url.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def make_sampler(cfg: DictConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:

@@ -73,14 +73,17 @@ def test_nonfinite_scores_fail_the_trial_and_stop_after_a_streak(tmp_path, model
 
 
 def _db_counts(db: Path) -> tuple[int, int]:
+    """(counted COMPLETE/PRUNED trials, RUNNING trials that have a heartbeat) straight from the sqlite file."""
     if not db.exists():
         return 0, 0
     try:
         with sqlite3.connect(db, timeout=30) as con:
             rows = con.execute("select state from trials").fetchall()
+            beating = con.execute("select count(*) from trials t join trial_heartbeats h on t.trial_id = h.trial_id "
+                                  "where t.state = 'RUNNING'").fetchone()[0]
     except sqlite3.OperationalError:
         return 0, 0
-    return sum(r[0] in ("COMPLETE", "PRUNED") for r in rows), sum(r[0] == "RUNNING" for r in rows)
+    return sum(r[0] in ("COMPLETE", "PRUNED") for r in rows), beating
 
 
 def _search_cmd(path, *extra):
@@ -89,22 +92,21 @@ def _search_cmd(path, *extra):
 
 def test_sigkill_then_same_command_finishes_exactly_n(tmp_path, models):
     path = write_config(tmp_path, models)
-    cmd = _search_cmd(path, "n_trials=4")
-    env = env_for(models, FAKE_EVAL_SLEEP="0.7")
+    cmd = _search_cmd(path, "n_trials=3")
+    env = env_for(models, FAKE_EVAL_SLEEP="1.5")  # long trials: the kill lands mid-evaluation
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = tmp_path / "run" / "study.db"
-    deadline = time.time() + 120
+    deadline = time.time() + 200
     while time.time() < deadline and not (_db_counts(db)[0] >= 1 and _db_counts(db)[1] == 1):
-        time.sleep(0.2)
-    time.sleep(0.3)  # mid-evaluation
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _db_counts(db)[1] == 1, "the kill should leave one RUNNING trial behind"
     res = subprocess.run(cmd, env=env_for(models), capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
-    cfg, _ = load_config([f"conf={path}", "n_trials=4"])
+    cfg, _ = load_config([f"conf={path}", "n_trials=3"])
     trials = _study(cfg).get_trials()
-    assert len(_counted(trials)) == 4
+    assert len(_counted(trials)) == 3
     stale = [t for t in trials if t.state == TrialState.FAIL]
     assert len(stale) == 1 and "fail_reason" not in stale[0].user_attrs
     assert any(t.system_attrs.get("failed_trial") == stale[0].number and is_counted(t) for t in trials)
