@@ -138,6 +138,9 @@ def validate(cfg: DictConfig, where: str) -> None:
     _check(bool(cfg.study_name) and "/" not in cfg.study_name, where, "study_name", "must be a non-empty name without '/'")
     out = Path(cfg.out_dir)
     _check(not out.exists() or out.is_dir(), where, "out_dir", f"= {out} is a file; give a folder path")
+    _check(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), where, "device",
+           f"= {cfg.device} must be auto, cpu, cuda or cuda:N")
+    _check(cfg.threads >= 0, where, "threads", "must be >= 0 (0 = torch's default)")
     _check(cfg.dtype in ("float32", "bfloat16", "float16"), where, "dtype", "must be float32, bfloat16 or float16")
     _check(cfg.out_dtype in ("float32", "bfloat16", "float16"), where, "out_dtype", "must be float32, bfloat16 or float16")
     _check(cfg.optimizer.name in OPTIMIZERS, where, "optimizer.name", f"= {cfg.optimizer.name}; choose {', '.join(OPTIMIZERS)}")

@@ -89,7 +89,8 @@ class SearchConfig:
     storage: Optional[str] = None  # null = sqlite:///<out_dir>/study.db
     n_trials: int = 16
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto = cuda when present, else cpu
+    threads: int = 0  # torch CPU threads; 0 = torch's default (small models run fastest on 1)
     dtype: str = "float32"  # dtype of the live candidate model
     out_dtype: str = "bfloat16"  # dtype of the exported model
     max_failures_in_row: int = 5

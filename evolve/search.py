@@ -283,6 +283,11 @@ def run_search(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = N
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # our own ask/tell loop runs the heartbeat thread Study.optimize would run
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+    if cfg.threads:
+        import torch
+
+        # many threads on a tiny model (or a shared machine) spend more time in sync than in math
+        torch.set_num_threads(int(cfg.threads))
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     world = build_world(cfg, evaluator_factory)
     study = start_study(cfg, world.genome)
