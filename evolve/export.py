@@ -91,7 +91,8 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
         study.set_user_attr(cache_key, scores)
     recipe = trial_recipe(world, trial.params, trial.number, scores={k: round(v, 6) for k, v in scores.items()})
     out.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, out / "recipe.yaml")
     write_model(recipe, world.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
                 card_extra=_card(trial, scores, cfg.study_name))
+    # the recipe last: a recipe.yaml beside a model means that model was finished (both are rewritten by a rerun)
+    save_recipe(recipe, out / "recipe.yaml")
     return out

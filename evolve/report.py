@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 import conf as conf_pkg
+from merge_core.writer import remove_stale_temps, temp_tag
 from evolve.export import dev_test_scores, ensure_world, pick_trial
 
 BASELINES = ("task_arithmetic", "ties", "dare_ties")  # untuned merges every report compares against
@@ -103,7 +104,7 @@ def markdown(rows: list[dict[str, Any]], cfg: DictConfig) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
@@ -172,9 +173,9 @@ def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[P
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")
+    tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip("."))
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -184,6 +185,8 @@ def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None) -> str:
     """Write report/ (results.json, results.md, plots); returns the markdown tables."""
     out = Path(cfg.out_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.md", "history.png", "recipe_heatmap.png", "pareto.png"):
+        remove_stale_temps(out, name)  # left by a run killed mid-write
     rows = collect_rows(cfg, study, world)
     _atomic_write(out / "results.json", json.dumps(rows, indent=2) + "\n")
     table = markdown(rows, cfg)

@@ -235,8 +235,10 @@ def optimize(world: World, study: optuna.Study, *, on_trial: Callable[[optuna.St
                 return  # without heartbeats a dead worker's trial is indistinguishable from a slow one
             time.sleep(min(cfg.heartbeat_interval, 5))
             continue
-        study.sampler = make_sampler(cfg, seed_offset=state.total)
         trial = study.ask()
+        # params are drawn lazily at the first suggest: seeding from the trial's unique number keeps one worker
+        # reproducible and keeps workers that ask at the same moment from drawing the same point
+        study.sampler = make_sampler(cfg, seed_offset=trial.number)
         _Heartbeat.beat_once(study, trial)  # at once: a trial killed before its first beat would never go stale
         ahead = budget_state(study, before=trial.number)
         if ahead.counted + ahead.running >= n_trials:

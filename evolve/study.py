@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
+from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evolve.errors import UserError
@@ -26,15 +30,17 @@ def storage_url(cfg: DictConfig) -> str:
 
 
 def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
-    """RDB storage with heartbeats (a killed worker's trial is failed and retried) or a journal file."""
+    """RDB storage or a journal file, both with heartbeats (a killed worker's trial is failed and retried)."""
     url = storage_url(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if url.endswith(JOURNAL_SUFFIXES) and "://" not in url:
-            from optuna.storages.journal import JournalFileBackend, JournalStorage
-
             Path(url).parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(url))
+            return HeartbeatJournalStorage(
+                JournalFileBackend(url), heartbeat_interval=int(cfg.heartbeat_interval),
+                grace_period=int(cfg.grace_period),
+                callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
         if url.split(":", 1)[0].split("+", 1)[0] not in RDB_SCHEMES:
             raise UserError(f"storage: {url!r} is neither a database URL ({', '.join(RDB_SCHEMES)}) nor a journal "
                             f"file ({', '.join(JOURNAL_SUFFIXES)}); e.g. storage=runs/x/journal.log")
@@ -45,6 +51,47 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
                 grace_period=int(cfg.grace_period),
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
+
+
+HEARTBEAT_ATTR = "evolve:heartbeat"
+
+
+class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
+    """A journal file with heartbeats (Optuna 5's JournalStorage has none), so a killed worker's trial goes stale.
+
+    The beat is a trial system attr holding wall-clock time: workers on several machines sharing one journal
+    file need clocks synchronized (NTP) well within grace_period.
+    """
+
+    def __init__(self, backend: Any, *, heartbeat_interval: int, grace_period: int, callback: Any) -> None:
+        super().__init__(backend)
+        self._interval, self._grace, self._callback = heartbeat_interval, grace_period, callback
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        """Store the time now as the trial's last beat."""
+        try:
+            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker already failed this trial as stale; its tell will say so
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        now, stale = time.time(), []
+        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+            if HEARTBEAT_ATTR not in t.system_attrs:
+                continue
+            # a retried trial inherits its failed parent's old beat: count from its own start as well
+            start = t.datetime_start.timestamp() if t.datetime_start else 0.0
+            if now - max(float(t.system_attrs[HEARTBEAT_ATTR]), start) > self._grace:
+                stale.append(t._trial_id)
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        """Seconds between beats."""
+        return self._interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Any:
+        """Retries a stale trial as a new WAITING trial."""
+        return self._callback
 
 
 @contextlib.contextmanager
@@ -64,7 +111,7 @@ def _creation_lock(url: str):
 
 
 def make_sampler(cfg: DictConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The configured sampler, seeded from `seed` and `seed_offset` (the trial count when asking)."""
+    """The configured sampler, seeded from `seed` and `seed_offset` (the number of the trial it will sample)."""
     opt = cfg.optimizer
     options = OmegaConf.to_container(opt.options, resolve=True) or {}
     # re-seeding per ask from the trial count keeps one worker reproducible and lets parallel workers differ

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 from pathlib import Path
 
 import torch
@@ -33,6 +35,40 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     if out.is_dir() and any(out.iterdir()) and CARD_MARKER not in _read(out / "README.md"):
         raise UserError(f"out: {out} is a non-empty folder not written by evolve-merge; choose a new or empty folder")
     return out
+
+
+def temp_tag() -> str:
+    """`<pid>@<host>`: names this process's temp files, so a later run can tell a dead writer's leftovers."""
+    return f"{os.getpid()}@{socket.gethostname().split('.')[0]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Remove `.<name>.*<pid>@<host>*` temp entries in `folder` left by dead processes of this host (kill -9)."""
+    folder, host, removed = Path(folder), socket.gethostname().split(".")[0], []
+    if not folder.is_dir():
+        return removed
+    for entry in folder.glob(f".{glob_escape(name)}.*"):
+        m = re.search(r"(\d+)@([\w-]+)", entry.name[len(name) + 2:])
+        # temps of other machines (a shared out_dir) may belong to a live writer there: left alone
+        if m and m.group(2) == host and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """`text` with glob wildcards escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _read(path: Path) -> str:
@@ -67,7 +103,8 @@ def write_model(
     plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    remove_stale_temps(out.parent, out.name)
+    tmp = out.parent / f".{out.name}.partial-{temp_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -78,6 +115,15 @@ def write_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
 
 
 def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progress) -> None:
@@ -92,7 +138,9 @@ def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progr
         nonlocal shard, shard_bytes, count
         if shard:
             count += 1
-            save_file(shard, str(tmp / f"shard-{count}.partial"), metadata={"format": "pt"})
+            path = tmp / f"shard-{count}.partial"
+            save_file(shard, str(path), metadata={"format": "pt"})
+            path.chmod(_FILE_MODE)  # safetensors creates 0600 files; give shards the same mode as the rest
         shard, shard_bytes = {}, 0
 
     for plan in tqdm(plans, desc="merging", unit="tensor", disable=not progress):
@@ -168,10 +216,16 @@ def _write_json(path: Path, data: dict) -> None:
 def _swap_into_place(tmp: Path, out: Path) -> None:
     # Re-check: another process may have created out meanwhile; never replace something that is not ours.
     check_out_dir(out)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+    for attempt in range(5):
+        try:
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{temp_tag()}"
+                out.rename(old)
+                shutil.rmtree(old, ignore_errors=True)
+            tmp.rename(out)
+            return
+        except OSError:
+            # two workers exporting at once: the other one swapped between our check and our rename
+            if attempt == 4:
+                raise
+            check_out_dir(out)
