@@ -30,7 +30,7 @@ def ensure_models(cache: Path, size: str) -> dict[str, Path]:
     from merge_core.synthetic import make_checkpoint
 
     shape = SIZES[size]
-    folder = cache / size
+    folder = cache / f"synthetic-{size}"  # bench_evaluator keeps real models under cache/SIZE
     paths = {name: folder / name for name in ("base", "ft1", "ft2")}
     need = 3 * _bytes(shape) * 1.05
     missing = [p for p in paths.values() if not (p / "config.json").exists()]

@@ -39,9 +39,9 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "search":
         model = build_live_model(sources, "cpu", "bfloat16")
         live = sum(p.numel() * p.element_size() for p in model.parameters())
+        # one Sources for every candidate, as a search does (all recipes name the same three models)
         for i in range(args.merges):
-            recipe = recipes[i % len(recipes)]
-            merge_into(model, recipe, Sources.open(recipe, check_finite=False) if i < len(recipes) else sources)
+            merge_into(model, recipes[i % len(recipes)], sources)
         extra = {"live_bytes": live}
     else:
         with tempfile.TemporaryDirectory(dir=args.cache) as tmp:

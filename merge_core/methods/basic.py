@@ -33,6 +33,8 @@ def linear(
     total = float(torch.tensor(weights, dtype=torch.float32).sum())
     if options["normalize"] and total == 0:
         raise ValueError("linear weights sum to 0 with normalize: true; give some model a non-zero weight")
+    if options["normalize"]:  # folded into the weights: one pass fewer, differs from sum-then-divide by rounding only
+        weights = [w / total for w in weights]
     first = inputs[0]
     out = torch.empty(first.shape, dtype=torch.float32, device=first.device) if out is None else out
     for rows in row_chunks(tuple(first.shape)):
@@ -40,8 +42,6 @@ def linear(
         acc.copy_(inputs[0][rows]).mul_(weights[0])
         for x, w in zip(inputs[1:], weights[1:]):
             acc.add_(x[rows], alpha=w)
-        if options["normalize"]:
-            acc.div_(total)
         out[rows] = acc
     return out
 
