@@ -2,4 +2,10 @@
 
 from merge_core.errors import UserError
 
-__all__ = ["UserError"]
+__all__ = ["RunFailed", "UserError"]
+
+
+class RunFailed(UserError):
+    """A run that stopped itself because trials kept failing: one line like bad input, but exit code 1."""
+
+    exit_code = 1

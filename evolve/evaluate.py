@@ -8,6 +8,7 @@ items. The primary metric of a task is the first entry of its metric_list under 
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -21,7 +22,14 @@ import torch
 from evolve.errors import UserError
 from evolve.tasks import load_tasks, quiet, resolve
 
+log = logging.getLogger(__name__)
 FEWSHOT_SEED = 1234  # lm-eval's CLI default, so few-shot tasks draw the same examples
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception is a device (or host allocator) out-of-memory error."""
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
 class NonFiniteLogits(RuntimeError):
@@ -87,6 +95,7 @@ class Evaluator:
 
         self.model = model
         self.stages = stages
+        self.oom_retries = 0  # batch-size halvings so far (the HFLM keeps the smaller size)
         self.runs = [self._build(name, task, limit, subset_seed) for name, task in built.items()]
         self._ll_tokens = {
             id(inst): self._encode_pair(*inst.args) for run in self.runs for insts in run.instances.values()
@@ -183,6 +192,21 @@ class Evaluator:
         return EvalResult(scores, per_item, n_items, tokens, time.perf_counter() - t0)
 
     def _call(self, reqtype: str, reqs: list[Any]) -> tuple[list[Any], int]:
+        """`_call_once`, halving the batch size on out-of-memory down to 1 (the smaller size is kept afterwards)."""
+        while True:
+            try:
+                return self._call_once(reqtype, reqs)
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                size = self.lm.batch_size_per_gpu
+                if not is_out_of_memory(exc) or not isinstance(size, int) or size <= 1:
+                    raise
+                self.lm.batch_size_per_gpu = max(1, size // 2)
+                self.oom_retries += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.warning("out of memory at batch size %d; retrying at %d", size, self.lm.batch_size_per_gpu)
+
+    def _call_once(self, reqtype: str, reqs: list[Any]) -> tuple[list[Any], int]:
         """Run one request type through HFLM; returns the responses and the tokens processed."""
         if reqtype == "loglikelihood":
             # tokenized once at build time: lm-eval would otherwise re-tokenize every request for every candidate

@@ -1,7 +1,8 @@
 """The Optuna loop: models opened once, one live model and one Evaluator, one merged candidate per trial.
 
 Budget: `n_trials` counts trials that consumed an evaluation: COMPLETE, PRUNED, and FAIL with a `fail_reason`
-user attr (e.g. NaN logits). Trials that failed because their worker died (heartbeat-stale, retried as a new
+user attr (any error of that candidate: NaN logits, out of memory at batch size 1, a task that breaks on it;
+`max_failures_in_row` such failures in a row stop the run with one line and exit 1). Trials that failed because their worker died (heartbeat-stale, retried as a new
 WAITING trial) or were skipped do not count. Several workers on one storage stop at exactly n_trials: after
 `ask`, a worker counts the counted-or-running trials with a smaller number; if they already fill the budget,
 its trial is told FAIL as `skipped` (not counted) and it does no work. A worker whose remaining budget is held
@@ -13,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import threading
 import time
 import warnings
@@ -25,7 +25,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from evolve.errors import UserError
+from evolve.errors import RunFailed, UserError
 from evolve.genome import Genome, declare
 from evolve.study import TrialProgress, budget_state, make_pruner, make_sampler, open_study
 
@@ -213,19 +213,11 @@ def run_trial(world: World, study: optuna.Study, trial: optuna.Trial) -> tuple[T
         trial.set_user_attr("eval_seconds", round(eval_s, 3))
 
 
-def _nonfinite_types() -> tuple[type[BaseException], ...]:
-    # evolve.evaluate (and lm-eval) is only imported by the real Evaluator; a fake one need not pay for it
-    module = sys.modules.get("evolve.evaluate")
-    extra = (module.NonFiniteLogits,) if module is not None and hasattr(module, "NonFiniteLogits") else ()
-    return (FloatingPointError, *extra)
-
-
 def optimize(world: World, study: optuna.Study, *, on_trial: Callable[[optuna.Study], None] | None = None) -> None:
     """Run trials until the study holds n_trials counted trials (see the module docstring)."""
     cfg = world.cfg
     n_trials = int(cfg.n_trials)
     fails_in_row = 0
-    nonfinite = _nonfinite_types()
     while True:
         state = budget_state(study)
         if state.counted >= n_trials:
@@ -248,18 +240,22 @@ def optimize(world: World, study: optuna.Study, *, on_trial: Callable[[optuna.St
         with _Heartbeat(study, trial):
             try:
                 trial_state, values = run_trial(world, study, trial)
-            except nonfinite as exc:
+            except UserError:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            except Exception as exc:  # NaN logits, OOM at batch size 1, a task that breaks: this candidate only
                 reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                 trial.set_user_attr("fail_reason", reason)
                 study.tell(trial, state=TrialState.FAIL)
                 fails_in_row += 1
-                log.warning("trial %d failed: %s", trial.number, reason)
+                log.warning("trial %d failed: %s", trial.number, reason, exc_info=log.isEnabledFor(logging.DEBUG))
                 if fails_in_row >= cfg.max_failures_in_row:
-                    raise UserError(
-                        f"search: {fails_in_row} trials in a row failed (last: {reason}); narrow method.search "
-                        f"bounds or raise max_failures_in_row") from None
+                    raise RunFailed(
+                        f"search: {fails_in_row} trials in a row failed (last: {reason}); each trial's fail_reason "
+                        f"is stored in the study; narrow method.search bounds, lower tasks.batch_size or raise "
+                        f"max_failures_in_row") from None
                 continue
-            except BaseException:
+            except BaseException:  # Ctrl-C: told FAIL without a fail_reason, so not counted; a resume runs another in its place
                 study.tell(trial, state=TrialState.FAIL)
                 raise
         study.tell(trial, values=values, state=trial_state)
