@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from merge_core.methods.registry import REQUIRED, register
-from merge_core.methods.sparsify import row_chunks
+from merge_core.methods.sparsify import row_chunks, scratch
 
 Tensors = dict[str, torch.Tensor]
 Params = dict[str, dict[str, Any]]
@@ -38,8 +38,7 @@ def linear(
     first = inputs[0]
     out = torch.empty(first.shape, dtype=torch.float32, device=first.device) if out is None else out
     for rows in row_chunks(tuple(first.shape)):
-        acc = torch.empty(inputs[0][rows].shape, dtype=torch.float32, device=first.device)
-        acc.copy_(inputs[0][rows]).mul_(weights[0])
+        acc = scratch("acc", inputs[0][rows].shape, first.device).copy_(inputs[0][rows]).mul_(weights[0])
         for x, w in zip(inputs[1:], weights[1:]):
             acc.add_(x[rows], alpha=w)
         out[rows] = acc

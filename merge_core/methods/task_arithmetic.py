@@ -73,36 +73,42 @@ def generalized_task_arithmetic(
                 scale[m] = sp.l1_scale(delta_of(m), shape, keep[m])
     weights = [float(params[m]["weight"]) for m in others]
     lam, normalize = float(options["lambda"]), bool(options["normalize"])
+    dev = base_t.device
     for rows in sp.row_chunks(shape):
-        b = base_t[rows].float()
+        rshape = base_t[rows].shape
+        b = sp.scratch("base", rshape, dev).copy_(base_t[rows])
         deltas = []
-        for m, w in zip(others, weights):
-            d = tensors[m][rows].to(torch.float32, copy=True).sub_(b)
+        for i, (m, w) in enumerate(zip(others, weights)):
+            d = sp.scratch(f"delta{i}", rshape, dev).copy_(tensors[m][rows]).sub_(b)
             if keep[m] is not None:
                 d.mul_(keep[m][rows])
             if scale[m] is not None:
                 d.mul_(scale[m])
             deltas.append(d.mul_(w))
+        mixed = sp.scratch("mixed", rshape, dev).copy_(deltas[0])
+        for d in deltas[1:]:
+            mixed.add_(d)
         if consensus == "sum":
             # TIES election: keep entries whose sign agrees with the sign of the summed weighted deltas
-            majority = torch.where(sum(deltas[1:], deltas[0]) >= 0, 1.0, -1.0)
-            mixed = torch.zeros_like(b)
-            divisor = torch.zeros_like(b)
+            agree = sp.scratch("agree", rshape, dev, torch.bool)
+            majority = sp.scratch("majority", rshape, dev).copy_(torch.ge(mixed, 0, out=agree)).mul_(2).sub_(1)
+            divisor = sp.scratch("divisor", rshape, dev).zero_()
+            sign = sp.scratch("sign", rshape, dev)
+            mixed.zero_()
             for d, w in zip(deltas, weights):
-                agree = d.sign() == majority
-                mixed += d.mul_(agree)
-                divisor += agree * w
-            divisor.masked_fill_(divisor == 0, 1)
+                torch.eq(torch.sign(d, out=sign), majority, out=agree)
+                mixed.add_(d.mul_(agree))
+                divisor.add_(sign.copy_(agree).mul_(w))
+            divisor.masked_fill_(torch.eq(divisor, 0, out=agree), 1)
         else:
-            mixed = sum(deltas[1:], deltas[0])
             total = float(torch.tensor(weights, dtype=torch.float32).sum())
             divisor = 1.0 if abs(total) < 1e-8 else total
         # int8_mask only saves memory in mergekit; a bool mask gives the same numbers
         if normalize:
-            mixed = mixed / divisor
+            mixed.div_(divisor)
         if lam != 1:
-            mixed = mixed * lam
-        out[rows] = b + mixed
+            mixed.mul_(lam)
+        out[rows] = mixed.add_(b)
     return out
 
 
