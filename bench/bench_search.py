@@ -1,0 +1,284 @@
+"""Search efficiency on conf=tiny: best dev and held-out test score against trials and eval tokens, per optimizer,
+with and without multi-fidelity pruning, over several seeds.
+
+    python bench/bench_search.py [--trials 24] [--seeds 0,1,2] [--optimizers cmaes,tpe,random]
+                                 [--pruners median,none] [--jobs 2] [--out .cache/bench/search]
+
+Every run is the CLI (`python -m evolve search conf=tiny optimizer=X pruner=Y seed=S n_trials=N out_dir=...
+progress=false export=false report=false threads=1`), --jobs at a time. All runs use the same toy models (the
+seed-0 toy world, copied once under --out): `seed=` would otherwise also retrain the toy models, so the seeds here
+vary the optimizer only. Finished runs are reused. The held-out score of the best-so-far trial after every prefix
+of trials is its recipe merged into one live model and scored by the test-split Evaluator (once per distinct
+recipe, cached in --out/heldout.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # before anything imports tqdm: lm-eval's per-call bars bury the tables
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, load_line, print_table  # noqa: E402  (puts the repository on sys.path)
+
+STYLES = {"median": "-", "halving": "-.", "none": "--"}
+COLORS = {"cmaes": "tab:blue", "tpe": "tab:orange", "random": "tab:green", "gp": "tab:red"}
+
+
+def toy_models(out: Path) -> list[Path]:
+    """base, succ, upper: the seed-0 toy models, prepared (or found) in the toy cache and copied under `out`."""
+    from evolve.toy import prepare
+
+    names = ["base", "succ", "upper"]
+    dest = [out / "models" / n for n in names]
+    if all((d / "config.json").is_file() for d in dest):
+        return dest
+    found = prepare(ROOT / ".cache" / "evolve" / "toy", seed=0, progress=False)
+    for name, d in zip(names, dest):
+        tmp = d.with_name(f".{d.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(found[name], tmp)
+        shutil.rmtree(d, ignore_errors=True)
+        tmp.rename(d)
+    return dest
+
+
+def model_overrides(models: list[Path]) -> list[str]:
+    """Config overrides that point conf=tiny at fixed model folders (no preparer)."""
+    return ["models.prepare=null", f"models.base={models[0]}", f"models.sources=[{','.join(map(str, models[1:]))}]"]
+
+
+def run_dir(out: Path, optimizer: str, pruner: str, seed: int) -> Path:
+    """Output folder of one run."""
+    return out / "runs" / f"{optimizer}-{pruner}-s{seed}"
+
+
+def search(out: Path, models: list[Path], optimizer: str, pruner: str, seed: int, n_trials: int) -> float:
+    """Run (or resume) one search through the CLI; returns its wall seconds (0 when it was already complete)."""
+    d = run_dir(out, optimizer, pruner, seed)
+    done = d / "done.json"
+    if done.is_file() and json.loads(done.read_text()).get("n_trials") == n_trials:
+        return json.loads(done.read_text())["seconds"]
+    d.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "evolve", "search", "conf=tiny", f"optimizer={optimizer}", f"pruner={pruner}",
+           f"seed={seed}", f"n_trials={n_trials}", f"out_dir={d}", "progress=false", "export=false", "report=false",
+           "threads=1", *model_overrides(models)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    t0 = time.perf_counter()
+    with open(d / "log.txt", "w") as log:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"{d}: search exited {rc}; see {d / 'log.txt'}")
+    done.write_text(json.dumps({"n_trials": n_trials, "seconds": seconds, "cmd": cmd}))
+    print(f"  {d.name}: {seconds:.0f} s (load {load_line()})", flush=True)
+    return seconds
+
+
+def read_run(out: Path, optimizer: str, pruner: str, seed: int) -> list[dict]:
+    """The counted trials of one run in order: number, state, dev value, tokens, params."""
+    import optuna
+
+    from evolve.study import is_counted
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir(out, optimizer, pruner, seed) / 'study.db'}")
+    return [{"number": t.number, "state": t.state.name, "value": t.value, "tokens": int(t.user_attrs.get("tokens", 0)),
+             "params": t.params} for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+            if is_counted(t)]
+
+
+class HeldOut:
+    """Test-split objective of a parameter point: merged into one live model, scored once, cached on disk."""
+
+    def __init__(self, out: Path, models: list[Path]) -> None:
+        """Build the tiny world (live model, dev Evaluator) and the test-split Evaluator."""
+        from evolve.config import load_config
+        from evolve.export import test_evaluator
+        from evolve.search import build_world
+
+        self.cfg = load_config(["conf=tiny", f"out_dir={out / 'heldout'}", "threads=1", "device=cpu",
+                                "progress=false", *model_overrides(models)])[0]
+        self.world = build_world(self.cfg)
+        self.test = test_evaluator(self.world)
+        self.path = out / "heldout.json"
+        self.cache = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.evaluated = 0
+
+    def __call__(self, params: dict[str, float]) -> float:
+        """Weighted test objective (the dev objective's weights) of the recipe at `params`."""
+        from merge_core.live import merge_into
+
+        from evolve.search import task_score, task_weights, trial_recipe
+
+        key = json.dumps(params, sort_keys=True)
+        if key not in self.cache:
+            merge_into(self.world.model, trial_recipe(self.world, params, None), self.world.sources)
+            scores = self.test.evaluate().scores
+            names = list(self.cfg.tasks.names)
+            self.cache[key] = sum(w * task_score(scores, t, "test") for w, t in zip(task_weights(self.cfg), names))
+            self.evaluated += 1
+            tmp = self.path.with_suffix(".part")
+            tmp.write_text(json.dumps(self.cache))
+            tmp.replace(self.path)
+        return self.cache[key]
+
+
+def curves(trials: list[dict], heldout: HeldOut) -> dict[str, list[float]]:
+    """Per prefix of trials: cumulative tokens, best complete dev value so far and its held-out score."""
+    tokens, dev, test, total, best = [], [], [], 0, None
+    for t in trials:
+        total += t["tokens"]
+        if t["state"] == "COMPLETE" and (best is None or t["value"] > best["value"]):
+            best = t
+        tokens.append(total)
+        dev.append(best["value"] if best else math.nan)
+        test.append(heldout(best["params"]) if best else math.nan)
+    return {"tokens": tokens, "dev": dev, "test": test,
+            "pruned": sum(t["state"] == "PRUNED" for t in trials), "n": len(trials)}
+
+
+def at_tokens(c: dict, grid: list[float], key: str) -> list[float]:
+    """Step function: best-so-far `key` once `grid[i]` tokens are spent (nan before the first trial ends)."""
+    out, j = [], -1
+    for g in grid:
+        while j + 1 < len(c["tokens"]) and c["tokens"][j + 1] <= g:
+            j += 1
+        out.append(c[key][j] if j >= 0 else math.nan)
+    return out
+
+
+def mean_sd(values: list[float]) -> str:
+    """'mean ± sd' of a few values."""
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
+
+
+def first_reach(c: dict, target: float) -> float | None:
+    """Tokens after which the held-out best-so-far first reaches `target` (None if never)."""
+    for tok, v in zip(c["tokens"], c["test"]):
+        if v >= target - 1e-12:
+            return tok
+    return None
+
+
+def summarize(results: dict, optimizers: list[str], pruners: list[str], seeds: list[int]) -> list[list[str]]:
+    """Table rows: final dev/test, tokens, pruned trials and, for pruned runs, tokens to match no-pruning's test score."""
+    rows = []
+    for opt in optimizers:
+        for pr in pruners:
+            runs = [results[(opt, pr, s)] for s in seeds]
+            tokens = statistics.fmean(r["tokens"][-1] for r in runs)
+            reach = "-"
+            if pr != "none" and "none" in pruners:
+                ratios = []
+                for s, r in zip(seeds, runs):
+                    ref = results[(opt, "none", s)]
+                    hit = first_reach(r, ref["test"][-1])
+                    ratios.append(f"{hit / ref['tokens'][-1]:.2f}" if hit is not None else "never")
+                reach = ", ".join(ratios)
+            ref_tokens = statistics.fmean(results[(opt, "none", s)]["tokens"][-1] for s in seeds) if "none" in pruners else tokens
+            rows.append([opt, pr, mean_sd([r["dev"][-1] for r in runs]), mean_sd([r["test"][-1] for r in runs]),
+                         f"{tokens:,.0f}", f"{tokens / ref_tokens:.2f}", f"{statistics.fmean(r['pruned'] for r in runs):.1f}",
+                         reach])
+    return rows
+
+
+def plot(results: dict, optimizers: list[str], pruners: list[str], seeds: list[int], path: Path, n_trials: int) -> None:
+    """2x2 figure: best dev / held-out test (mean over seeds) against trials and against eval tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharey="row")
+    top = max(r["tokens"][-1] for r in results.values())
+    grid = [top * i / 300 for i in range(301)]
+    for opt in optimizers:
+        for pr in pruners:
+            runs = [results[(opt, pr, s)] for s in seeds]
+            label = f"{opt} + {pr}"
+            style = dict(color=COLORS.get(opt), linestyle=STYLES.get(pr, ":"), label=label)
+            for row, key in enumerate(("dev", "test")):
+                n = min(len(r[key]) for r in runs)
+                by_trial = [statistics.fmean(r[key][k] for r in runs) for k in range(n)]
+                axes[row][0].plot(range(1, n + 1), by_trial, drawstyle="steps-post", **style)
+                stepped = [at_tokens(r, grid, key) for r in runs]
+                by_tok = [statistics.fmean(v[i] for v in stepped) if all(not math.isnan(v[i]) for v in stepped)
+                          else math.nan for i in range(len(grid))]
+                axes[row][1].plot([g / 1000 for g in grid], by_tok, drawstyle="steps-post", **style)
+    for row, key in enumerate(("best dev score (so far)", "held-out test score of the best-dev trial")):
+        axes[row][0].set_ylabel(key)
+        axes[row][0].set_xlabel("trials")
+        axes[row][1].set_xlabel("eval tokens spent (thousands)")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    axes[0][1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"conf=tiny, ties, {n_trials} trials, mean over seeds {seeds} (solid: median pruner, dashed: none)",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> None:
+    """Run the grid of searches, score the best-so-far trials on the test split, print tables, draw the plot."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--optimizers", default="cmaes,tpe,random")
+    p.add_argument("--pruners", default="median,none")
+    p.add_argument("--jobs", type=int, default=2, help="searches run at the same time (threads=1 each)")
+    p.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench" / "search")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "search_efficiency.png")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    optimizers, pruners = args.optimizers.split(","), args.pruners.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = toy_models(args.out)
+    grid = [(o, p_, s) for s in seeds for o in optimizers for p_ in pruners]
+    print(f"{len(grid)} searches, {args.jobs} at a time, load {load_line()}", flush=True)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        seconds = dict(zip(grid, pool.map(lambda g: search(args.out, models, *g, args.trials), grid)))
+    t_search = time.perf_counter() - t0
+
+    import logging
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    heldout = HeldOut(args.out, models)
+    results = {g: curves(read_run(args.out, *g), heldout) for g in grid}
+    t_heldout = time.perf_counter() - t0
+
+    plot(results, optimizers, pruners, seeds, args.plot, args.trials)
+    print(f"\n{datetime.date.today()}  {args.trials} trials  seeds {seeds}  searches {t_search:.0f} s "
+          f"(mean {statistics.fmean(seconds.values()):.0f} s per run, {args.jobs} at a time)  held-out scoring "
+          f"{t_heldout:.0f} s ({heldout.evaluated} new recipes)  load {load_line()}")
+    print_table(["optimizer", "pruner", "final best dev", "held-out test of best dev", "eval tokens",
+                 "tokens / no-pruning", "pruned trials", "tokens to reach no-pruning's final test, per seed (ratio)"],
+                summarize(results, optimizers, pruners, seeds))
+    print(f"plot: {args.plot}")
+    (args.out / "summary.json").write_text(json.dumps({f"{o}-{p_}-s{s}": r for (o, p_, s), r in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
