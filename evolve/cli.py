@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "prepare",
 }
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 USAGE = "usage: evolve {" + ",".join(COMMANDS) + "} key=value ... (see README.md)"
 
 
@@ -37,6 +39,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        # the disk or the permissions, not our code: say which file and what to do, no traceback
+        where = exc.filename or "output"
+        print(f"error: {where}: cannot write ({exc.strerror}); free disk space or choose a writable "
+              "out/out_dir, then run the same command again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

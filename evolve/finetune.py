@@ -115,8 +115,8 @@ def finetune(
         raise UserError("prepare_options: steps, batch_size, lr and max_len must be positive (max_len >= 4)")
     rows = read_rows(train_jsonl)[:limit]
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False).to(device)
     model.eval()  # no dropout in Llama anyway; eval() keeps behaviour identical to inference
     trainable = freeze_all_but_top(model, train_layers)
     examples = encode_examples(rows, tokenizer, prompt, delimiter, max_len)

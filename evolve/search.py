@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from evolve.errors import RunFailed, UserError
 from evolve.genome import Genome, declare
-from evolve.study import TrialProgress, budget_state, make_pruner, make_sampler, open_study
+from evolve.study import TrialProgress, budget_state, check_storage, make_pruner, make_sampler, open_study
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
     if n_layers is None:  # a hub id: the layer count is only known once opened
         genome = declare(cfg.method, cfg.genome, n_layers=opened.num_layers, base=base, sources=sources)
     model = build_live_model(opened, cfg.device, cfg.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(opened.tokenizer_path))
+    tokenizer = AutoTokenizer.from_pretrained(str(opened.tokenizer_path), trust_remote_code=False)
     if evaluator_factory is None:
         evaluator_factory = load_evaluator(cfg.tasks.evaluator)
     t = cfg.tasks
@@ -275,6 +275,19 @@ def start_study(cfg: DictConfig, genome: Genome) -> optuna.Study:
     return study
 
 
+def check_before_loading(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = None) -> None:
+    """Inputs that would otherwise fail only after the models are loaded: out_dir, storage, task names."""
+    try:
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"out_dir: cannot create {cfg.out_dir} ({exc.strerror}); choose a writable folder") from None
+    check_storage(cfg)
+    if evaluator_factory is None and cfg.tasks.evaluator == "evolve.evaluate:Evaluator":
+        from evolve.tasks import resolve, validate
+
+        validate(resolve(list(cfg.tasks.names), "dev"))
+
+
 def run_search(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = None) -> optuna.Study:
     """A whole search: build the world, run trials to n_trials (resuming), then export and report."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -286,7 +299,7 @@ def run_search(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = N
 
         # many threads on a tiny model (or a shared machine) spend more time in sync than in math
         torch.set_num_threads(int(cfg.threads))
-    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    check_before_loading(cfg, evaluator_factory)
     world = build_world(cfg, evaluator_factory)
     study = start_study(cfg, world.genome)
     study.set_user_attr("source_hashes", world.hashes)

@@ -43,8 +43,9 @@ def load_gguf(gguf: Path | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = gguf or find_gguf()
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                 trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
     # The weights are already de-quantized: without these the folder would be saved as "still GGUF-quantized".
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -75,7 +76,8 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         reference = probe_logits(model, tokenizer)
-        if not torch.equal(probe_logits(AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32), tokenizer), reference):
+        saved = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, trust_remote_code=False)
+        if not torch.equal(probe_logits(saved, tokenizer), reference):
             raise RuntimeError(f"{tmp}: the saved folder does not reproduce the GGUF model's logits")
         # specialists key their cache on the exact base weights; the probe lets anyone re-check the conversion
         write_manifest(tmp, {**manifest, "weights_sha256": file_sha256(tmp / "model.safetensors"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,16 +42,39 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
                 grace_period=int(cfg.grace_period),
                 callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
-        if url.split(":", 1)[0].split("+", 1)[0] not in RDB_SCHEMES:
-            raise UserError(f"storage: {url!r} is neither a database URL ({', '.join(RDB_SCHEMES)}) nor a journal "
-                            f"file ({', '.join(JOURNAL_SUFFIXES)}); e.g. storage=runs/x/journal.log")
+        check_storage(cfg)
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        with _creation_lock(url):
-            return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
-                grace_period=int(cfg.grace_period),
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-            )
+        try:
+            with _creation_lock(url):
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
+                    grace_period=int(cfg.grace_period),
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+                )
+        except ImportError as exc:
+            raise UserError(f"storage: no database driver for {_redact(url)} ({exc}); install it, e.g. "
+                            "pip install psycopg2-binary for postgresql://") from None
+        except Exception as exc:  # sqlalchemy's OperationalError and friends: server down, bad password, no db
+            if type(exc).__module__.split(".")[0] != "sqlalchemy":
+                raise
+            first = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
+            raise UserError(f"storage: cannot open {_redact(url)} ({first}); check the URL, server and "
+                            "credentials") from None
+
+
+def check_storage(cfg: DictConfig) -> None:
+    """A storage value must be a journal file path or a database URL of a known scheme."""
+    url = storage_url(cfg)
+    if url.endswith(JOURNAL_SUFFIXES) and "://" not in url:
+        return
+    if url.split(":", 1)[0].split("+", 1)[0] not in RDB_SCHEMES:
+        raise UserError(f"storage: {_redact(url)!r} is neither a database URL ({', '.join(RDB_SCHEMES)}) nor a "
+                        f"journal file ({', '.join(JOURNAL_SUFFIXES)}); e.g. storage=runs/x/journal.log")
+
+
+def _redact(url: str) -> str:
+    """The URL without its password (error messages end up in logs)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 HEARTBEAT_ATTR = "evolve:heartbeat"

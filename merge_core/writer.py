@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -25,6 +26,7 @@ TOKENIZER_FILES = (
     "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
 )
 DEFAULT_SHARD_SIZE = 2 * 1000**3
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def check_out_dir(out_dir: str | os.PathLike) -> Path:
@@ -111,8 +113,11 @@ def write_model(
         _write_tensors(plans, recipe, sources, tmp, shard_size, out_dtype, dev, progress)
         _write_metadata(recipe, sources, tmp, out_dtype, card_extra)
         _swap_into_place(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise UserError(f"out: cannot write {out} ({exc.strerror}); free disk space or choose a writable "
+                            "folder (nothing was left behind)") from None
         raise
     return out
 

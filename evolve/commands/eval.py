@@ -20,6 +20,7 @@ def run(args: list[str]) -> int:
     model_dir = Path(str(opts["model"]))
     if not (model_dir / "config.json").is_file():
         raise UserError(f"model: {model_dir} is not a saved model folder (no config.json); pass model=DIR")
+    check_model_folder(model_dir)
     tasks = opts["tasks"] if isinstance(opts["tasks"], list) else [opts["tasks"]]
     tasks = [str(t) for t in tasks]
     split = str(opts.get("split", "dev"))
@@ -47,8 +48,14 @@ def run(args: list[str]) -> int:
 
     from evolve.evaluate import Evaluator
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+                                                     trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:  # transformers' ways of saying the folder is not loadable
+        first = " ".join(str(exc).split())[:300]
+        raise UserError(f"model: {model_dir} cannot be loaded by transformers ({first}); "
+                        "point at a complete Hugging Face model folder (config, weights, tokenizer)") from None
     evaluator = Evaluator(model, tokenizer, tasks, split=split, batch_size=batch_size, device=str(opts.get("device", "auto")),
                           limit=limit, allow_test=True, include_path=include_path)
     result = evaluator.evaluate()
@@ -63,6 +70,16 @@ def run(args: list[str]) -> int:
     tmp.replace(out)
     print(f"wrote {out}")
     return 0
+
+
+def check_model_folder(model_dir: Path) -> None:
+    """Before any heavy import: the folder's config is JSON, its weights are readable safetensors, no custom code."""
+    from merge_core.checkpoint import Checkpoint
+
+    ck = Checkpoint(model_dir)  # refuses garbled config.json, missing/truncated safetensors and pickles
+    if ck.config.get("auto_map"):
+        raise UserError(f"model: {model_dir / 'config.json'} asks for the model's own Python code (auto_map); "
+                        "evolve never runs it (trust_remote_code is off): use a standard architecture's folder")
 
 
 def _positive_int(value: object, key: str) -> int:

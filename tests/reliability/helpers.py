@@ -1,0 +1,41 @@
+"""Shared helpers of the reliability tests: the fake world of tests/evolve, subprocess runs with a kill hook."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+
+from evolve.config import load_config
+from evolve.study import is_counted, make_pruner, make_sampler, open_study
+from tests.evolve.fake_eval import env_for, make_models, write_config
+
+__all__ = ["counted", "dot_temps", "env_for", "make_models", "run_cli", "study_of", "write_config"]
+
+# `python -c` prelude: the command's own code runs after a hook that may SIGKILL the process at a chosen point
+_RUNNER = "import os, signal, sys\n{hook}\nfrom evolve.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def run_cli(args: list[str], env: dict[str, str], hook: str = "", timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m evolve ARGS` in a child process, with `hook` (Python source) executed first."""
+    code = _RUNNER.format(hook=hook)
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def study_of(path: Path, *overrides: str) -> optuna.Study:
+    """The stored study of a fake-world config file."""
+    cfg, _ = load_config([f"conf={path}", *overrides])
+    return open_study(cfg, make_sampler(cfg), make_pruner(cfg), create=False)
+
+
+def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials that used up the n_trials budget."""
+    return [t for t in study.get_trials() if is_counted(t)]
+
+
+def dot_temps(*folders: Path) -> list[Path]:
+    """Hidden temp entries (`.name.partial-*`, `.name.*.tmp`, `.name.old-*`) left in the folders."""
+    return [p for f in folders if f.is_dir() for p in f.iterdir() if p.name.startswith(".")]
