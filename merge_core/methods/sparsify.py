@@ -41,6 +41,10 @@ def scratch(tag: str, shape: torch.Size | tuple[int, ...], device: torch.device,
     return buf[:n].view(shape)
 
 
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
@@ -51,8 +55,8 @@ def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int
     `chunks()` yields the values afresh on each call; a strided sample brackets the answer and only the
     values inside the bracket are selected exactly, so nothing of the tensor's size is sorted or kept.
     """
-    step = max(1, total // (1 << 16))
-    sample = torch.sort(torch.cat([_flat(c)[::step] for c in chunks()])).values
+    step = max(1, total // (1 << 14))
+    sample = torch.sort(_cat([_flat(c)[::step] for c in chunks()])).values
     m = sample.numel()
     pos = (total - k) / total * m  # where the answer sits in the ascending sample
     margin = 64 + 4 * math.sqrt(m)
@@ -67,7 +71,7 @@ def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int
                 above += int(torch.count_nonzero(c > hi))
                 sel &= c <= hi
             inside.append(c[sel])
-        values = torch.cat(inside)
+        values = _cat(inside)
         need = k - above
         if 0 < need <= values.numel():
             kth = torch.kthvalue(values, values.numel() - need + 1).values
@@ -101,7 +105,7 @@ def magnitude_mask(delta: Delta, shape: tuple[int, ...], density: float) -> torc
             _flat(keep)[ties] = True
             need -= ties.numel()
         out.append(keep)
-    return torch.cat(out).reshape(shape)
+    return _cat(out).reshape(shape)
 
 
 def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:

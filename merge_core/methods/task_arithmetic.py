@@ -74,6 +74,8 @@ def generalized_task_arithmetic(
     weights = [float(params[m]["weight"]) for m in others]
     lam, normalize = float(options["lambda"]), bool(options["normalize"])
     dev = base_t.device
+    if consensus is None and all(k is None for k in keep.values()):
+        return _weighted_sum(tensors, base, others, weights, lam, normalize, out)
     for rows in sp.row_chunks(shape):
         rshape = base_t[rows].shape
         b = sp.scratch("base", rshape, dev).copy_(base_t[rows])
@@ -109,6 +111,24 @@ def generalized_task_arithmetic(
         if lam != 1:
             mixed.mul_(lam)
         out[rows] = mixed.add_(b)
+    return out
+
+
+def _weighted_sum(
+    tensors: dict[str, torch.Tensor], base: str, others: list[str], weights: list[float], lam: float, normalize: bool,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    # base + lam * sum(w_i (x_i - base)) / div rewritten as one weighted sum: 3 passes instead of ~10 per input;
+    # the two forms differ by float32 rounding only
+    total = float(torch.tensor(weights, dtype=torch.float32).sum())
+    div = 1.0 if not normalize or abs(total) < 1e-8 else total
+    coef = [lam * w / div for w in weights]
+    inputs = [(tensors[base], 1.0 - sum(coef))] + [(tensors[m], c) for m, c in zip(others, coef)]
+    for rows in sp.row_chunks(tuple(out.shape)):
+        acc = sp.scratch("acc", inputs[0][0][rows].shape, out.device).copy_(inputs[0][0][rows]).mul_(inputs[0][1])
+        for x, c in inputs[1:]:
+            acc.add_(x[rows], alpha=c)
+        out[rows] = acc
     return out
 
 
