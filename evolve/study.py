@@ -52,8 +52,9 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
                 )
         except ImportError as exc:
-            raise UserError(f"storage: no database driver for {_redact(url)} ({exc}); install it, e.g. "
-                            "pip install psycopg2-binary for postgresql://") from None
+            raise UserError(f"storage: no database driver for {_redact(url)} ({exc.__cause__ or exc}); install it: "
+                            "pip install psycopg2-binary and write postgresql+psycopg2://... (plain postgresql:// "
+                            "means psycopg 3 in SQLAlchemy 2.1+)") from None
         except Exception as exc:  # sqlalchemy's OperationalError and friends: server down, bad password, no db
             if type(exc).__module__.split(".")[0] != "sqlalchemy":
                 raise
