@@ -50,10 +50,15 @@ def prepare_demo(
     cache_dir: Path, *, seed: int = 0, progress: bool = True, tasks: list[str] | tuple[str, ...] = TASKS, **options
 ) -> dict[str, Path]:
     """{"base": SmolLM2 folder, <task>: specialist folder, ...}; each is rebuilt only when its manifest inputs change."""
-    unknown = set(options) - set(DEFAULTS) - {"limit", "device"}
+    unknown = set(options) - set(DEFAULTS) - {"limit", "device", "per_task"}
     if unknown:
         raise UserError(f"models.prepare_options: unknown key(s) {', '.join(sorted(unknown))}; "
-                        f"use {', '.join(sorted(DEFAULTS))}, limit, device")
+                        f"use {', '.join(sorted(DEFAULTS))}, limit, device, per_task")
+    per_task = dict(options.get("per_task") or {})
+    for task, override in per_task.items():
+        if task not in tasks or not isinstance(override, dict) or set(override) - set(DEFAULTS):
+            raise UserError(f"models.prepare_options.per_task.{task}: must map a prepared task ({', '.join(tasks)}) "
+                            f"to overrides of {', '.join(sorted(DEFAULTS))}")
     hyper = {**DEFAULTS, **{k: v for k, v in options.items() if k in DEFAULTS}, "limit": options.get("limit")}
     device = options.get("device", "cpu")
     bad = [k for k in ("steps", "batch_size", "max_len", "train_layers") if not (isinstance(hyper[k], int) and hyper[k] >= 1)]
@@ -66,7 +71,8 @@ def prepare_demo(
     base = convert_smollm2(cache_dir, progress=progress)
     out: dict[str, Path] = {"base": base}
     for task in tasks:
-        manifests[task] = specialist_manifest(task, base, seed, hyper)
+        task_hyper = {**hyper, **per_task.get(task, {})}
+        manifests[task] = specialist_manifest(task, base, seed, task_hyper)
         folder = cache_dir / task
         if read_manifest(folder) == manifests[task]:
             out[task] = folder
@@ -75,7 +81,7 @@ def prepare_demo(
         out[task] = finetune(
             base, TASKS_DIR / task / "data" / "train.jsonl", folder, seed=seed, progress=progress,
             prompt=manifests[task]["prompt"], delimiter=manifests[task]["delimiter"], manifest=manifests[task],
-            device=device, **hyper,
+            device=device, **task_hyper,
         )
         if progress:
             print(f"specialist {task}: {out[task]} ({time.time() - start:.0f} s)")

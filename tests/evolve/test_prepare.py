@@ -96,6 +96,10 @@ def test_second_run_reuses_cache_and_inputs_change_manifest(demo):
     assert same == json.loads((made["units"] / "manifest.json").read_text())
     assert specialist_manifest("units", made["base"], 1, hyper) != same
     assert specialist_manifest("units", made["base"], 0, {**hyper, "steps": 5}) != same
+    # a per-task override that restates the task's own settings keeps the cache
+    again = prepare_demo(cache, seed=0, progress=False, tasks=("units",),
+                         **{**TINY, "per_task": {"units": {"steps": hyper["steps"]}}})
+    assert {name: (path / "model.safetensors").stat().st_mtime_ns for name, path in again.items()} == stamps
     assert not list(cache.glob(".*"))  # no temp folders left behind
 
 
@@ -108,6 +112,10 @@ def test_bad_options_fail_before_any_work(tmp_path):
         prepare_demo(tmp_path, steps=0)
     with pytest.raises(UserError, match="no task file"):
         prepare_demo(tmp_path, tasks=("nope",))
+    with pytest.raises(UserError, match="per_task.arith"):
+        prepare_demo(tmp_path, tasks=("units",), per_task={"arith": {"steps": 5}})
+    with pytest.raises(UserError, match="per_task.units"):
+        prepare_demo(tmp_path, per_task={"units": {"epochs": 5}})
     assert not any(tmp_path.iterdir())
 
 
