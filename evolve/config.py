@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ def validate(cfg: DictConfig, where: str) -> None:
     _check(bool(cfg.study_name) and "/" not in cfg.study_name, where, "study_name", "must be a non-empty name without '/'")
     out = Path(cfg.out_dir)
     _check(not out.exists() or out.is_dir(), where, "out_dir", f"= {out} is a file; give a folder path")
+    _probe_writable(out)
     _check(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), where, "device",
            f"= {cfg.device} must be auto, cpu, cuda or cuda:N")
     _check(cfg.threads >= 0, where, "threads", "must be >= 0 (0 = torch's default)")
@@ -172,6 +174,19 @@ def validate(cfg: DictConfig, where: str) -> None:
         _check(len(models.sources) == 1, where, "models.sources", "slerp merges the base with exactly one source")
     if cfg.optimizer.multi_objective:
         _check(len(tasks.names) >= 2, where, "optimizer", f"{cfg.optimizer.name} is multi-objective and needs >= 2 tasks")
+
+
+def _probe_writable(out: Path) -> None:
+    """UserError now if out_dir cannot be created (read-only disk, no permission); leaves no folder behind."""
+    missing = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"out_dir: cannot create {out} ({exc.strerror}); choose a writable folder") from None
+    finally:
+        for p in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
 
 
 def _method_params(name: str) -> set[str] | bool | None:

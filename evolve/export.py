@@ -24,7 +24,7 @@ def pick_trial(study: optuna.Study, which: str | int) -> FrozenTrial:
     try:
         number = int(which)
     except (TypeError, ValueError):
-        raise UserError(f"trial: {which!r} is not `best` or a trial number") from None
+        raise UserError(f"trial: {which!r} is not `best` or a trial number; write trial=best or trial=N") from None
     for t in complete:
         if t.number == number:
             return t
@@ -83,6 +83,7 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
     if out.exists() and not out.is_dir():
         raise UserError(f"out: {out} is a file; give a folder path")
     check_out_dir(out / "model")
+    out.mkdir(parents=True, exist_ok=True)  # a read-only or full disk fails here, before any model is loaded
     world = ensure_world(cfg, world)
     cache_key = f"scores:trial{trial.number}"
     scores = study.user_attrs.get(cache_key)
@@ -90,7 +91,6 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
         scores = dev_test_scores(world, trial_recipe(world, trial.params, trial.number))
         study.set_user_attr(cache_key, scores)
     recipe = trial_recipe(world, trial.params, trial.number, scores={k: round(v, 6) for k, v in scores.items()})
-    out.mkdir(parents=True, exist_ok=True)
     write_model(recipe, world.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
                 card_extra=_card(trial, scores, cfg.study_name))
     # the recipe last: a recipe.yaml beside a model means that model was finished (both are rewritten by a rerun)

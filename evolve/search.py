@@ -276,11 +276,7 @@ def start_study(cfg: DictConfig, genome: Genome) -> optuna.Study:
 
 
 def check_before_loading(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = None) -> None:
-    """Inputs that would otherwise fail only after the models are loaded: out_dir, storage, task names."""
-    try:
-        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"out_dir: cannot create {cfg.out_dir} ({exc.strerror}); choose a writable folder") from None
+    """Inputs that would otherwise fail only after the models are loaded: storage and task names."""
     check_storage(cfg)
     if evaluator_factory is None and cfg.tasks.evaluator == "evolve.evaluate:Evaluator":
         from evolve.tasks import resolve, validate
@@ -301,6 +297,7 @@ def run_search(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = N
         torch.set_num_threads(int(cfg.threads))
     check_before_loading(cfg, evaluator_factory)
     world = build_world(cfg, evaluator_factory)
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     study = start_study(cfg, world.genome)
     study.set_user_attr("source_hashes", world.hashes)
     with TrialProgress(study, int(cfg.n_trials), enabled=cfg.progress) as bar:

@@ -173,6 +173,11 @@ def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
 def open_study(cfg: DictConfig, sampler: optuna.samplers.BaseSampler, pruner: optuna.pruners.BasePruner,
                create: bool = True) -> optuna.Study:
     """Create or load the study named `study_name` in the config's storage."""
+    url = storage_url(cfg)
+    if not create and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        # opening would create an empty database (and its folder) just to say the study is missing
+        raise UserError(f"study_name: no study {cfg.study_name!r}: {url.removeprefix('sqlite:///')} does not exist; "
+                        f"run `evolve search` first or fix study_name/out_dir/storage")
     storage = make_storage(cfg)
     if not create:
         try:

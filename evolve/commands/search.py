@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from evolve.config import ConfArgs, compose_config, hydra_overrides, parse_args, sweep_combinations
 from evolve.errors import UserError
@@ -23,9 +24,26 @@ def run(args: list[str]) -> int:
     """Validate every config of the run (or sweep) first, then hand the run to hydra.main."""
     cargs = parse_args(args)
     combos = sweep_combinations(cargs.overrides) if cargs.multirun else [cargs.overrides]
+    new_dirs = set()
     for combo in combos:
-        compose_config(cargs, combo)
-    return _run_hydra(cargs)
+        out = Path(compose_config(cargs, combo).out_dir)
+        if not out.exists():
+            new_dirs.add(out)
+    try:
+        return _run_hydra(cargs)
+    except UserError:
+        for out in new_dirs:  # Hydra made them before our checks failed: bad input leaves nothing behind
+            _remove_empty_tree(out)
+        raise
+
+
+def _remove_empty_tree(root: Path) -> None:
+    """Remove `root` and its subfolders if they hold no file."""
+    if not root.is_dir() or any(p.is_file() or p.is_symlink() for p in root.rglob("*")):
+        return
+    for d in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        d.rmdir()
+    root.rmdir()
 
 
 def _job_config(cfg, multirun: bool):
