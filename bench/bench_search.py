@@ -148,9 +148,13 @@ def curves(trials: list[dict], heldout: HeldOut) -> dict[str, list[float]]:
 
 
 def at_tokens(c: dict, grid: list[float], key: str) -> list[float]:
-    """Step function: best-so-far `key` once `grid[i]` tokens are spent (nan before the first trial ends)."""
+    """Step function: best-so-far `key` once `grid[i]` tokens are spent (nan before the first trial ends and after
+    the run's last one)."""
     out, j = [], -1
     for g in grid:
+        if g > c["tokens"][-1]:
+            out.append(math.nan)
+            continue
         while j + 1 < len(c["tokens"]) and c["tokens"][j + 1] <= g:
             j += 1
         out.append(c[key][j] if j >= 0 else math.nan)
