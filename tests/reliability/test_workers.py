@@ -64,7 +64,7 @@ def test_three_workers_on_a_journal_one_killed_mid_trial(tmp_path):
         f":{victim.pid}") and "skipped" not in t.user_attrs]
     assert len(killed) == 1 and "fail_reason" not in killed[0].user_attrs  # stale, not counted
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed[0].number]
-    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == killed[0].params
+    assert len(retry) == 1 and retry[0] in counted(study_of(path)) and retry[0].params == killed[0].params
     # a rerun of the same command finds the job done
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
