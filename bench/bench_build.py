@@ -3,7 +3,7 @@
 Usage: python bench/bench_build.py [--cache .cache/bench] [--size smollm2,llama1b] [--methods linear,ties,...]
                                    [--repeats 3] [--no-mergekit] [--mergekit-methods ties,dare_ties]
 Checkpoints (a base and two base+noise variants, bf16, real shapes, random weights) are written once under
---cache/SIZE (~2.5 GB each at llama1b). Nothing here asserts on time: it prints a Markdown table.
+--cache/synthetic-SIZE (~2.5 GB each at llama1b). Nothing here asserts on time: it prints a Markdown table.
 
 Columns: `first` = the first merge_into (reads source pages from disk / page cache), `steady` = median of the
 next --repeats calls (what every later trial of a search pays), `floor` = a plain torch weighted sum of the same
