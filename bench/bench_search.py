@@ -91,7 +91,8 @@ def read_run(out: Path, optimizer: str, pruner: str, seed: int) -> list[dict]:
 
     from evolve.study import is_counted
 
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir(out, optimizer, pruner, seed) / 'study.db'}")
+    db = run_dir(out, optimizer, pruner, seed) / "study.db"
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
     return [{"number": t.number, "state": t.state.name, "value": t.value, "tokens": int(t.user_attrs.get("tokens", 0)),
              "params": t.params} for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
             if is_counted(t)]
@@ -176,7 +177,7 @@ def first_reach(c: dict, target: float) -> float | None:
 
 
 def summarize(results: dict, optimizers: list[str], pruners: list[str], seeds: list[int]) -> list[list[str]]:
-    """Table rows: final dev/test, tokens, pruned trials and, for pruned runs, tokens to match no-pruning's test score."""
+    """Table rows: final dev/test, tokens, pruned trials; for pruned runs, tokens to match no-pruning's test score."""
     rows = []
     for opt in optimizers:
         for pr in pruners:
@@ -190,10 +191,10 @@ def summarize(results: dict, optimizers: list[str], pruners: list[str], seeds: l
                     hit = first_reach(r, ref["test"][-1])
                     ratios.append(f"{hit / ref['tokens'][-1]:.2f}" if hit is not None else "never")
                 reach = ", ".join(ratios)
-            ref_tokens = statistics.fmean(results[(opt, "none", s)]["tokens"][-1] for s in seeds) if "none" in pruners else tokens
+            ref = [results[(opt, "none", s)]["tokens"][-1] for s in seeds] if "none" in pruners else [tokens]
+            pruned = statistics.fmean(r["pruned"] for r in runs)
             rows.append([opt, pr, mean_sd([r["dev"][-1] for r in runs]), mean_sd([r["test"][-1] for r in runs]),
-                         f"{tokens:,.0f}", f"{tokens / ref_tokens:.2f}", f"{statistics.fmean(r['pruned'] for r in runs):.1f}",
-                         reach])
+                         f"{tokens:,.0f}", f"{tokens / statistics.fmean(ref):.2f}", f"{pruned:.1f}", reach])
     return rows
 
 
