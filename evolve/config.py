@@ -158,6 +158,7 @@ def validate(cfg: DictConfig, where: str) -> None:
                where, "tasks.weights", "must be one non-negative weight per task (or null for equal)")
     _check(tasks.batch_size >= 1, where, "tasks.batch_size", "must be >= 1")
     _check(tasks.limit is None or tasks.limit >= 1, where, "tasks.limit", "must be >= 1 or null")
+    _check(tasks.test_limit is None or tasks.test_limit >= 1, where, "tasks.test_limit", "must be >= 1 or null")
     stages = list(tasks.stages)
     _check(len(stages) >= 1 and all(0 < s <= 1 for s in stages) and stages == sorted(set(stages)) and stages[-1] == 1.0,
            where, "tasks.stages", f"= {stages} must increase strictly within (0, 1] and end at 1.0")

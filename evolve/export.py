@@ -48,7 +48,7 @@ def test_evaluator(world: Any) -> Any:
         factory = type(world.evaluator)
         t = world.cfg.tasks
         ev = factory(world.model, world.tokenizer, list(t.names), split="test", batch_size=t.batch_size,
-                     device=world.cfg.device, limit=None, subset_seed=None, stages=[1.0], allow_test=True)
+                     device=world.cfg.device, limit=t.test_limit, subset_seed=None, stages=[1.0], allow_test=True)
         world.test_evaluator = ev
     return ev
 

@@ -190,6 +190,8 @@ def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None) -> str:
     rows = collect_rows(cfg, study, world)
     _atomic_write(out / "results.json", json.dumps(rows, indent=2) + "\n")
     table = markdown(rows, cfg)
+    if cfg.tasks.get("test_limit"):
+        table += f"\nHeld-out scores use only the first {cfg.tasks.test_limit} test items per task (tasks.test_limit).\n"
     _atomic_write(out / "results.md", f"# {cfg.study_name}: results\n\n{table}")
     if world is None:
         world = _light_world(cfg, study)

@@ -50,6 +50,7 @@ class TasksConf:
     limit: Optional[int] = None
     subset_seed: Optional[int] = None
     stages: List[float] = field(default_factory=lambda: [1.0])
+    test_limit: Optional[int] = None  # first N held-out items per task in the report (null = all; for quick looks)
     # import path of the evaluator class (the project's lm-eval Evaluator; tests swap in a fake)
     evaluator: str = "evolve.evaluate:Evaluator"
 

@@ -35,6 +35,9 @@ def test_overrides_and_groups_compose(cfg_path):
     ("tasks.stages=[0.5]", "tasks.stages"),
     ("method.search.density.low=2", "density"),
     ("tasks.weights=[1]", "tasks.weights"),
+    ("tasks.test_limit=0", "tasks.test_limit"),
+    ("device=tpu", "device"),
+    ("threads=-1", "threads"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cfg_path, tmp_path, capsys, override, needle):
     out = tmp_path / "run"
