@@ -36,6 +36,7 @@ class ModelsConf:
     prepare: Optional[str] = None
     prepare_options: Dict[str, Any] = field(default_factory=dict)
     cache_dir: str = ".cache/evolve/models"
+    seed: int = 0  # seed of the models a preparer makes; apart from the search's seed so seed sweeps share one cache
     base: str = MISSING
     sources: List[str] = MISSING
 

@@ -78,7 +78,7 @@ def resolve_models(cfg: DictConfig, progress: bool = True) -> tuple[str, list[st
         from evolve.preparers import get_preparer
 
         opts = OmegaConf.to_container(cfg.models.prepare_options, resolve=True) or {}
-        named = get_preparer(cfg.models.prepare)(Path(cfg.models.cache_dir), seed=cfg.seed, progress=progress, **opts)
+        named = get_preparer(cfg.models.prepare)(Path(cfg.models.cache_dir), seed=cfg.models.seed, progress=progress, **opts)
     keys = [("models.base", cfg.models.base)] + [(f"models.sources[{i}]", s) for i, s in enumerate(cfg.models.sources)]
     resolved = []
     for key, name in keys:

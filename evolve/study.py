@@ -46,11 +46,14 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         try:
             with _creation_lock(url):
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
                     grace_period=int(cfg.grace_period),
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
                 )
+                if url.startswith("sqlite"):
+                    _use_wal(storage)
+                return storage
         except ImportError as exc:
             raise UserError(f"storage: no database driver for {_redact(url)} ({exc.__cause__ or exc}); install it: "
                             "pip install psycopg2-binary and write postgresql+psycopg2://... (plain postgresql:// "
@@ -61,6 +64,23 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
             first = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
             raise UserError(f"storage: cannot open {_redact(url)} ({first}); check the URL, server and "
                             "credentials") from None
+
+
+def _use_wal(storage: optuna.storages.RDBStorage) -> None:
+    """SQLite in WAL mode with synchronous=NORMAL: a trial's ~25 writes stop paying a disk sync each (30 ms here).
+
+    Committed trials still survive kill -9 (WAL is synced at checkpoints; only an OS crash may lose the last ones).
+    """
+    import sqlalchemy
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # connections opened before the listener reconnect with the pragmas
 
 
 def check_storage(cfg: DictConfig) -> None:
