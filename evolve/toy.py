@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from merge_core.errors import UserError
+from merge_core.synthetic import LLAMA32_ROPE
 
 # Bump when training or data layout changes, so every cache built by older code is rebuilt.
 FORMAT_VERSION = 1
@@ -26,15 +27,6 @@ FILLER = "the a cat dog bird sees runs and big small red blue is on mat sun tree
 WORDS = ["next", "upper", "copy", "="] + FILLER + [str(n) for n in range(100)] + list(string.ascii_lowercase)
 WORDS += list(string.ascii_uppercase)
 VOCAB = SPECIALS + WORDS
-# Llama 3.2's rope scaling, so the tiny models take the same config path as the real ones.
-LLAMA32_ROPE = {
-    "rope_type": "llama3",
-    "rope_theta": 500000.0,
-    "factor": 32.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
 DEFAULTS = {
     "layers": 2,
     "hidden": 64,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
+
+from eval_tasks.generation import disjoint_splits, write_splits
 
 SEED = 2024
 SIZES = {"train": 4000, "dev": 250, "test": 400}
@@ -28,31 +28,9 @@ def make_item(rng: random.Random) -> tuple[str, str]:
 
 def generate(seed: int = SEED) -> dict[str, list[dict]]:
     """All splits from one seeded stream; a question lands in at most one split."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    splits: dict[str, list[dict]] = {}
-    for split, size in SIZES.items():
-        rows: list[dict] = []
-        while len(rows) < size:
-            question, answer = make_item(rng)
-            if question not in seen:
-                seen.add(question)
-                rows.append({"id": f"arith-{split}-{len(rows):04d}", "question": question, "answer": answer})
-        splits[split] = rows
-    return splits
-
-
-def main() -> None:
-    """Write the splits next to this script (temp file, then rename)."""
-    out = Path(__file__).resolve().parent / "data"
-    out.mkdir(exist_ok=True)
-    for split, rows in generate().items():
-        path = out / f"{split}.jsonl"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(path)
-        print(f"{path}: {len(rows)} items")
+    return disjoint_splits(lambda rng: dict(zip(("question", "answer"), make_item(rng))), SIZES, seed,
+                           key="question", id_prefix="arith")
 
 
 if __name__ == "__main__":
-    main()
+    write_splits(__file__, generate())

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
+
+from eval_tasks.generation import disjoint_splits, write_splits
 
 SEED = 1234
 SIZES = {"train": 800, "dev": 120, "test": 240}
@@ -28,22 +28,8 @@ def make_item(rng: random.Random) -> dict:
 
 def generate(seed: int = SEED) -> dict[str, list[dict]]:
     """All splits, with no prompt shared between two splits."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    splits: dict[str, list[dict]] = {}
-    for split, size in SIZES.items():
-        rows: list[dict] = []
-        while len(rows) < size:
-            item = make_item(rng)
-            if item and item["prompt"] not in seen:
-                seen.add(item["prompt"])
-                rows.append(item)
-        splits[split] = rows
-    return splits
+    return disjoint_splits(make_item, SIZES, seed, key="prompt")
 
 
 if __name__ == "__main__":
-    out = Path(__file__).resolve().parent / "data"
-    out.mkdir(exist_ok=True)
-    for split, rows in generate().items():
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_splits(__file__, generate())
