@@ -94,7 +94,7 @@ class SearchConfig:
     device: str = "auto"  # auto = cuda when present, else cpu
     threads: int = 0  # torch CPU threads; 0 = torch's default (small models run fastest on 1)
     dtype: str = "float32"  # dtype of the live candidate model
-    out_dtype: str = "bfloat16"  # dtype of the exported model
+    out_dtype: str = "bfloat16"  # dtype of the exported model; unlike dtype, its scores may differ slightly from the report
     max_failures_in_row: int = 5
     heartbeat_interval: int = 10
     grace_period: int = 30
