@@ -19,6 +19,7 @@ from merge_core.writer import remove_stale_temps, temp_tag
 from evolve.export import dev_test_scores, ensure_world, pick_trial
 
 BASELINES = ("task_arithmetic", "ties", "dare_ties")  # untuned merges every report compares against
+REPORT_ROWS_VERSION = 2  # bump when the set of rows changes, so cached reports gain the new rows
 
 
 def _rows_to_score(cfg: DictConfig, study: optuna.Study, world: Any) -> list[tuple[str, str, Any]]:
@@ -31,11 +32,13 @@ def _rows_to_score(cfg: DictConfig, study: optuna.Study, world: Any) -> list[tup
     best = pick_trial(study, "best")
     rows = [(f"evolved (trial {best.number})", "evolved", trial_recipe(world, best.params, best.number))]
     g = world.genome
-    for src in g.sources:
+    base = world.sources.base_id
+    # the base model first (when it is not itself a source), then every source, each alone
+    for src in ([base] if base and base not in g.sources else []) + list(g.sources):
         # a one-model linear merge reproduces the source exactly (weight 1, normalized)
         data = {"merge_method": "linear", "models": [{"model": src, "parameters": {"weight": 1.0}}], "dtype": "float32"}
-        rows.append((Path(src).name or src, "source", parse_recipe(data, where=f"source {src}")))
-    base = world.sources.base_id
+        name = Path(src).name or src
+        rows.append((f"base ({name})" if src == base else name, "source", parse_recipe(data, where=f"source {src}")))
     for name in BASELINES:
         method = yaml.safe_load((conf_pkg.PATH / "method" / f"{name}.yaml").read_text())
         bg = declare(method, world.cfg.genome, n_layers=g.n_layers, base=base, sources=g.sources)
@@ -58,7 +61,8 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> lis
     best = pick_trial(study, "best")
     attrs = study.user_attrs
     keys = attrs.get("report_keys")
-    fresh = attrs.get("report_best") == best.number and keys and all(k in attrs for k in keys)
+    fresh = (attrs.get("report_best") == best.number and attrs.get("report_rows_version") == REPORT_ROWS_VERSION
+             and keys and all(k in attrs for k in keys))
     if not fresh:
         world = ensure_world(cfg, world)
         keys, names = [], []
@@ -72,6 +76,7 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> lis
         study.set_user_attr("report_keys", keys)
         study.set_user_attr("report_names", names)
         study.set_user_attr("report_best", best.number)
+        study.set_user_attr("report_rows_version", REPORT_ROWS_VERSION)
         attrs = study.user_attrs
     return [{"name": n, "kind": k, "scores": attrs[key]} for (n, k), key in zip(attrs["report_names"], keys)]
 

@@ -14,10 +14,11 @@ def test_results_rows_tables_and_plots(tmp_path_factory, monkeypatch):
     report = tmp_path_factory.getbasetemp() / "finished" / "run" / "report"
     rows = json.loads((report / "results.json").read_text())
     kinds = [r["kind"] for r in rows]
-    assert kinds == ["evolved", "source", "source", "baseline", "baseline", "baseline"]
+    assert kinds == ["evolved", "source", "source", "source", "baseline", "baseline", "baseline"]
+    assert rows[1]["name"].startswith("base (")  # the base model alone, before the sources
     assert all(set(r["scores"]) == {"a_dev", "b_dev", "a_test", "b_test"} for r in rows)
     # each source is scored as itself: the fake task named after a source scores 1 on it
-    assert rows[1]["scores"]["a_dev"] == pytest.approx(1.0) and rows[2]["scores"]["b_test"] == pytest.approx(1.0)
+    assert rows[2]["scores"]["a_dev"] == pytest.approx(1.0) and rows[3]["scores"]["b_test"] == pytest.approx(1.0)
     md = (report / "results.md").read_text()
     assert "| test |" in md and "combined" in md and "ties (untuned)" in md
     for png in ("history.png", "recipe_heatmap.png"):
