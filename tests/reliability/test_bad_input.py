@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,11 @@ def _sources(w, kind):
     return f"models.sources=[{w['models']['a']},{w['broken'][kind]}]"
 
 
+def _search(w: dict, t: Path) -> list[str]:
+    """The start of a search command on the test world, writing into the fresh tmp folder."""
+    return ["search", f"conf={w['conf']}", f"out_dir={t / 'out'}"]
+
+
 # id -> (arguments, given the world and a fresh tmp folder; what the one line must say)
 CASES = {
     "search: unknown conf name": (lambda w, t: ["search", "conf=no_such"], "conf=no_such: no such config"),
@@ -61,25 +67,25 @@ CASES = {
     "report: override of the wrong type": (lambda w, t: ["report", f"conf={w['conf']}", "n_trials=many"], "n_trials"),
     "prepare: config without a preparer": (lambda w, t: ["prepare", f"conf={w['conf']}"], "models.prepare is null"),
     "search: config.json not JSON": (
-        lambda w, t: ["search", f"conf={w['conf']}", f"out_dir={t / 'out'}", _sources(w, "garbled_config")],
+        lambda w, t: [*_search(w, t), _sources(w, "garbled_config")],
         "garbled_config/config.json: not valid JSON"),
     "search: no safetensors": (
-        lambda w, t: ["search", f"conf={w['conf']}", f"out_dir={t / 'out'}", _sources(w, "no_weights")],
+        lambda w, t: [*_search(w, t), _sources(w, "no_weights")],
         "no model.safetensors"),
     "search: truncated safetensors": (
-        lambda w, t: ["search", f"conf={w['conf']}", f"out_dir={t / 'out'}", _sources(w, "truncated")],
+        lambda w, t: [*_search(w, t), _sources(w, "truncated")],
         "truncated/model.safetensors: not a readable safetensors file"),
     "search: other architecture": (
-        lambda w, t: ["search", f"conf={w['conf']}", f"out_dir={t / 'out'}", _sources(w, "architecture")],
+        lambda w, t: [*_search(w, t), _sources(w, "architecture")],
         "GPT2LMHeadModel"),
     "search: vocabulary mismatch": (
-        lambda w, t: ["search", f"conf={w['conf']}", f"out_dir={t / 'out'}", _sources(w, "vocab")],
+        lambda w, t: [*_search(w, t), _sources(w, "vocab")],
         "differ in vocab_size"),
     "search: unknown task": (
-        lambda w, t: ["search", f"conf={w['conf']}", f"out_dir={t / 'out'}", "tasks.names=[toy_succ,no_such_task]",
+        lambda w, t: [*_search(w, t), "tasks.names=[toy_succ,no_such_task]",
                       "tasks.evaluator=evolve.evaluate:Evaluator"], "unknown task 'no_such_task'"),
     "search: storage URL of no known kind": (
-        lambda w, t: ["search", f"conf={w['conf']}", f"out_dir={t / 'out'}", "storage=ftp://host/x"], "storage:"),
+        lambda w, t: [*_search(w, t), "storage=ftp://host/x"], "storage:"),
     "search: out_dir not writable (sysfs)": (
         lambda w, t: ["search", f"conf={w['conf']}", "out_dir=/sys/evolve_run"], "out_dir: cannot create /sys/"),
     "eval: model runs its own code": (
