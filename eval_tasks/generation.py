@@ -26,12 +26,15 @@ def disjoint_splits(make_item: Callable[[random.Random], dict | None], sizes: di
 
 
 def write_splits(script: str, splits: dict[str, list[dict]]) -> None:
-    """Write `data/<split>.jsonl` beside the generate.py at `script` (temp file, then rename)."""
+    """Write `data/<split>.jsonl` beside the generate.py at `script` (temp file, then rename); an empty split has no file."""
     out = Path(script).resolve().parent / "data"
     out.mkdir(exist_ok=True)
     for split, rows in splits.items():
         path = out / f"{split}.jsonl"
+        if not rows:
+            path.unlink(missing_ok=True)
+            continue
         tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
         tmp.replace(path)
         print(f"{path}: {len(rows)} items")

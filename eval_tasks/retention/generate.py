@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
+
+from eval_tasks.generation import write_splits
 
 from items import DROPPED, ITEMS
 
@@ -26,20 +26,5 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     return {"train": rows[:N_TRAIN], "dev": rows[N_TRAIN : N_TRAIN + N_DEV], "test": rows[N_TRAIN + N_DEV :]}
 
 
-def main() -> None:
-    """Write the splits next to this script (train is skipped when empty)."""
-    out = Path(__file__).resolve().parent / "data"
-    out.mkdir(exist_ok=True)
-    for split, rows in build().items():
-        path = out / f"{split}.jsonl"
-        if not rows:
-            path.unlink(missing_ok=True)
-            continue
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(path)
-        print(f"{path}: {len(rows)} items")
-
-
 if __name__ == "__main__":
-    main()
+    write_splits(__file__, build())
