@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 import conf as conf_pkg
-from merge_core.writer import remove_stale_temps, temp_tag
+from merge_core.writer import atomic_write_text, remove_stale_temps, temp_tag
 from evolve.export import dev_test_scores, ensure_world, pick_trial
 
 BASELINES = ("task_arithmetic", "ties", "dare_ties")  # untuned merges every report compares against
@@ -108,12 +108,6 @@ def markdown(rows: list[dict[str, Any]], cfg: DictConfig) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[Path]:
     """Optimization history, the best recipe's per-layer values as a heat map, and the Pareto front."""
     import matplotlib
@@ -193,11 +187,11 @@ def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None) -> str:
     for name in ("results.json", "results.md", "history.png", "recipe_heatmap.png", "pareto.png"):
         remove_stale_temps(out, name)  # left by a run killed mid-write
     rows = collect_rows(cfg, study, world)
-    _atomic_write(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     table = markdown(rows, cfg)
     if cfg.tasks.get("test_limit"):
         table += f"\nHeld-out scores use only the first {cfg.tasks.test_limit} test items per task (tasks.test_limit).\n"
-    _atomic_write(out / "results.md", f"# {cfg.study_name}: results\n\n{table}")
+    atomic_write_text(out / "results.md", f"# {cfg.study_name}: results\n\n{table}")
     if world is None:
         world = _light_world(cfg, study)
     plots(cfg, study, world, out)

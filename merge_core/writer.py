@@ -44,6 +44,13 @@ def temp_tag() -> str:
     return f"{os.getpid()}@{socket.gethostname().split('.')[0]}"
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` through a temp file named with temp_tag(), then rename: readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

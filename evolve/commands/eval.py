@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from merge_core.writer import atomic_write_text
 
 from evolve.commands._args import parse_kv
 from evolve.errors import UserError
@@ -65,9 +66,7 @@ def run(args: list[str]) -> int:
         "model": str(model_dir), "split": split, "scores": result.scores, "metrics": evaluator.metrics,
         "n_items": result.n_items, "limit": limit, "tokens": result.tokens, "seconds": round(result.seconds, 3),
     }
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
