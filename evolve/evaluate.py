@@ -91,7 +91,7 @@ class Evaluator:
         refs = resolve(tasks, split, include_path=include_path, allow_test=allow_test)
         built = load_tasks(refs, include_path)
         with quiet("lm_eval"):  # lm-eval warns that a model object bypasses its loading arguments
-            self.lm = _make_lm(model, tokenizer, _pick_device(device), batch_size, max_length)
+            self.lm = _make_lm(model, tokenizer, pick_device(device), batch_size, max_length)
 
         self.model = model
         self.stages = stages
@@ -287,7 +287,7 @@ def _make_lm(model: torch.nn.Module, tokenizer: Any, device: str, batch_size: in
     return HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=batch_size, **kwargs)
 
 
-def _pick_device(device: str) -> str:
+def pick_device(device: str) -> str:
     """'auto' -> cuda when available, else cpu; anything else passes through."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

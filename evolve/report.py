@@ -70,7 +70,8 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> lis
             # the evolved row shares its cache entry with export
             key = f"scores:trial{best.number}" if kind == "evolved" else _key(recipe, cfg)
             if key not in attrs:
-                study.set_user_attr(key, dev_test_scores(world, recipe))
+                study.set_user_attr(key, _fixed_scores(cfg, world, recipe, name) if kind != "evolved"
+                                    else dev_test_scores(world, recipe))
             keys.append(key)
             names.append([name, kind])
         study.set_user_attr("report_keys", keys)
@@ -79,6 +80,23 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> lis
         study.set_user_attr("report_rows_version", REPORT_ROWS_VERSION)
         attrs = study.user_attrs
     return [{"name": n, "kind": k, "scores": attrs[key]} for (n, k), key in zip(attrs["report_names"], keys)]
+
+
+def _fixed_scores(cfg: DictConfig, world: Any, recipe: Any, name: str) -> dict[str, float]:
+    """Scores of a row that does not depend on the search, from the cross-study cache when it has them."""
+    from evolve import score_cache
+    from evolve.evaluate import pick_device
+
+    if not cfg.score_cache:
+        return dev_test_scores(world, recipe)
+    folder = Path(cfg.models.cache_dir) / "scores"
+    hashes = {m: world.sources.models[m].sha256() for m in recipe.model_ids()}
+    key = score_cache.score_key(recipe, hashes, cfg, pick_device(str(cfg.device)), world.sources.tokenizer_path)
+    scores = score_cache.load(folder, key)
+    if scores is None:
+        scores = dev_test_scores(world, recipe)
+        score_cache.store(folder, key, scores, name)
+    return scores
 
 
 def combined(scores: dict[str, float], cfg: DictConfig, split: str) -> float:

@@ -101,6 +101,8 @@ class SearchConfig:
     progress: bool = True
     export: bool = True
     report: bool = True
+    # keep the report's source and baseline scores in <models.cache_dir>/scores/, keyed by weights, tasks and settings
+    score_cache: bool = True
     models: ModelsConf = field(default_factory=ModelsConf)
     tasks: TasksConf = field(default_factory=TasksConf)
     method: MethodConf = field(default_factory=MethodConf)

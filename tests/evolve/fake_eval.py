@@ -80,7 +80,7 @@ def write_config(tmp: Path, models: dict[str, Path], **extra: object) -> Path:
         "progress: false",
         "heartbeat_interval: 1",
         "grace_period: 3",
-        f"models: {{base: {models['base']}, sources: [{models['a']}, {models['b']}]}}",
+        f"models: {{base: {models['base']}, sources: [{models['a']}, {models['b']}], cache_dir: {tmp / 'cache'}}}",
         "tasks: {names: [a, b], stages: [0.5, 1.0], evaluator: 'tests.evolve.fake_eval:FakeEvaluator'}",
     ]
     lines += [f"{k}: {v}" for k, v in extra.items()]

@@ -38,3 +38,41 @@ def test_report_redraw_uses_cached_scores(tmp_path_factory, monkeypatch):
     table = make_report(cfg, study)
     assert (report / "results.json").read_text() == before and (report / "history.png").exists()
     assert "evolved" in table
+
+
+def test_fixed_rows_are_reused_by_a_fresh_study_and_keyed_by_content(tmp_path, monkeypatch):
+    """A new study on the same models scores only its evolved merge; other weights or settings miss the cache."""
+    from evolve import report as report_mod
+    from evolve import score_cache
+    from evolve.config import load_config
+    from evolve.search import run_search
+    from tests.evolve.fake_eval import env_for, make_models, write_config
+
+    models = make_models(tmp_path / "models")
+    for k, v in env_for(models).items():
+        monkeypatch.setenv(k, v)
+    calls = []
+    real = report_mod.dev_test_scores
+    monkeypatch.setattr(report_mod, "dev_test_scores", lambda world, recipe: calls.append(1) or real(world, recipe))
+    path = write_config(tmp_path, models)
+    rows = []
+    for run in ("one", "two"):
+        cfg, _ = load_config([f"conf={path}", "n_trials=3", f"out_dir={tmp_path / run}", f"study_name={run}"])
+        run_search(cfg)
+        rows.append(json.loads((tmp_path / run / "report" / "results.json").read_text()))
+    assert len(calls) == 6  # base, two sources, three baselines in the first study; none in the second
+    assert [r["scores"] for r in rows[0][1:]] == [r["scores"] for r in rows[1][1:]]
+    assert len(list((tmp_path / "cache" / "scores").glob("*.json"))) == 6
+    cfg, _ = load_config([f"conf={path}", "score_cache=false", f"out_dir={tmp_path / 'three'}", "study_name=three"])
+    run_search(cfg)
+    assert len(calls) == 12  # switched off: every fixed row is scored again
+
+    from merge_core.recipe import parse_recipe
+
+    rec = parse_recipe({"merge_method": "linear", "models": [{"model": str(models["a"]), "parameters": {"weight": 1.0}}]})
+    key = score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])
+    assert key == score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])
+    assert key != score_cache.score_key(rec, {str(models["a"]): "h2"}, cfg, "cpu", models["base"])  # other weights
+    assert key != score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cuda", models["base"])
+    cfg.tasks.test_limit = 5
+    assert key != score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])

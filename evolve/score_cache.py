@@ -1,0 +1,93 @@
+"""Report scores of models that do not depend on the search (sources, untuned baselines), kept across studies.
+
+A rerun with a fresh study then scores only its evolved merge. The key covers everything a score depends on: the
+recipe, the bytes of every model it reads, the eval tasks' files, the evaluation settings and library versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from merge_core.writer import atomic_write_text
+
+VERSION = 1
+
+
+def _task_files_digest(names: list[str]) -> dict[str, str]:
+    """sha256 over every file of each local task folder (YAMLs, data, loaders); lm-eval built-ins are keyed by version."""
+    import eval_tasks
+
+    out = {}
+    for name in names:
+        folder = Path(eval_tasks.PATH) / name
+        if not folder.is_dir():
+            continue
+        digest = hashlib.sha256()
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(str(file.relative_to(folder)).encode() + b"\0" + file.read_bytes() + b"\0")
+        out[name] = digest.hexdigest()
+    return out
+
+
+def _small_files_digest(folders: list[Path]) -> str:
+    """sha256 over the config and tokenizer files (not the weights) of the given model folders."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        if not folder.is_dir():
+            digest.update(str(folder).encode())  # a hub id: its weights' hash stands for it
+            continue
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and file.suffix in (".json", ".txt", ".model", ".jinja"):
+                digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def score_key(recipe: Any, model_hashes: dict[str, str], cfg: Any, device: str, tokenizer_dir: Path) -> str:
+    """Content key of one recipe's dev+test scores under this config's evaluation settings."""
+    import lm_eval
+    import torch
+    import transformers
+    from merge_core.recipe import recipe_to_dict
+
+    data = recipe_to_dict(recipe)
+    data.pop("evolve_merge", None)
+    t = cfg.tasks
+    names = [str(n) for n in t.names]
+    payload = {
+        "version": VERSION,
+        "recipe": data,
+        "seed": recipe.seed,
+        "weights": {m: model_hashes.get(m) for m in sorted(recipe.model_ids())},
+        "tasks": names,
+        "task_files": _task_files_digest(names),
+        "configs": _small_files_digest([Path(m) for m in sorted(recipe.model_ids())] + [Path(tokenizer_dir)]),
+        "eval": {"limit": t.limit, "subset_seed": t.subset_seed, "test_limit": t.test_limit,
+                 "batch_size": t.batch_size, "stages": [float(s) for s in t.stages], "dtype": str(cfg.dtype),
+                 "device": device, "evaluator": str(t.evaluator)},
+        "libs": [getattr(lm_eval, "__version__", ""), torch.__version__, transformers.__version__],
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def load(folder: Path, key: str) -> dict[str, float] | None:
+    """Cached scores for `key`, or None (a missing or unreadable entry is a miss)."""
+    path = Path(folder) / f"{key}.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    scores = data.get("scores") if isinstance(data, dict) else None
+    if not isinstance(scores, dict) or not all(isinstance(v, (int, float)) for v in scores.values()):
+        return None
+    return {str(k): float(v) for k, v in scores.items()}
+
+
+def store(folder: Path, key: str, scores: dict[str, float], name: str) -> None:
+    """Write one entry atomically (a killed run leaves the old entry or none, never half a file)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{key}.json", json.dumps({"name": name, "scores": scores}, indent=1) + "\n")
