@@ -22,7 +22,7 @@ SIZES: dict[str, dict] = {
 }
 METHODS = ("linear", "task_arithmetic", "ties", "dare_ties")
 NOISE = 0.002  # fine-tune-like: small offsets from the base
-MERGEKIT_YAML = os.environ.get("EVOLVE_MERGEKIT_YAML", "/opt/mkvenv/bin/mergekit-yaml")
+MERGEKIT_PYTHON = os.environ.get("EVOLVE_MERGEKIT_PYTHON", "/opt/mkvenv/bin/python")
 
 
 def ensure_models(cache: Path, size: str) -> dict[str, Path]:

@@ -8,7 +8,9 @@ Checkpoints (a base and two base+noise variants, bf16, real shapes, random weigh
 Columns: `first` = the first merge_into (reads source pages from disk / page cache), `steady` = median of the
 next --repeats calls (what every later trial of a search pays), `floor` = a plain torch weighted sum of the same
 bf16 source tensors with float32 math per tensor into the live model's preallocated bf16 parameters,
-`mergekit` = wall time of the whole `mergekit-yaml RECIPE OUT --no-cuda` command (startup and write included).
+`mergekit run_merge` = seconds inside mergekit 0.1.5's `run_merge(config, out_folder)` (load, merge, write; what
+mergekit-evolve pays per candidate), timed in mergekit's own interpreter after its imports; `process` = that whole
+Python process (start-up and imports included).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from _common import MERGEKIT_YAML, METHODS, SIZES, ensure_models, load_line, print_table, recipe_dict
+from _common import MERGEKIT_PYTHON, METHODS, SIZES, ensure_models, load_line, print_table, recipe_dict
 
 
 def floor_seconds(model: torch.nn.Module, sources, plans, repeats: int) -> float:
@@ -50,22 +52,36 @@ def floor_seconds(model: torch.nn.Module, sources, plans, repeats: int) -> float
     return statistics.median(times[1:])
 
 
-def mergekit_seconds(recipe: dict, timeout: float) -> float | None:
-    """Wall time of mergekit-yaml on `recipe` writing to a temp folder (None if mergekit is missing or fails)."""
-    if not Path(MERGEKIT_YAML).is_file():
+# Runs inside mergekit's own interpreter: imports first, then times run_merge alone (what mergekit-evolve calls per
+# candidate), then the whole command's wall time is measured around it by the caller.
+_RUN_MERGE = """
+import sys, time, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import MergeOptions, run_merge
+cfg = MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1])))
+t = time.perf_counter()
+run_merge(cfg, sys.argv[2], options=MergeOptions(cuda=False, random_seed=0, quiet=True, copy_tokenizer=False))
+print("RUN_MERGE_SECONDS", time.perf_counter() - t)
+"""
+
+
+def mergekit_seconds(recipe: dict, timeout: float) -> tuple[float, float] | None:
+    """(seconds inside mergekit's run_merge, wall seconds of the whole process) writing `recipe` to a temp folder."""
+    if not Path(MERGEKIT_PYTHON).is_file():
         return None
     with tempfile.TemporaryDirectory(dir=".cache") as tmp:
         cfg = Path(tmp) / "recipe.yaml"
         data = {k: v for k, v in recipe.items() if k != "evolve_merge"}
         cfg.write_text(yaml.safe_dump(data, sort_keys=False))
         t = time.perf_counter()
-        run = subprocess.run([MERGEKIT_YAML, str(cfg), str(Path(tmp) / "out"), "--no-cuda", "--quiet", "--random-seed", "0"],
+        run = subprocess.run([MERGEKIT_PYTHON, "-c", _RUN_MERGE, str(cfg), str(Path(tmp) / "out")],
                              capture_output=True, text=True, timeout=timeout)
-        took = time.perf_counter() - t
-    if run.returncode != 0:
+        wall = time.perf_counter() - t
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RUN_MERGE_SECONDS")]
+    if run.returncode != 0 or not lines:
         print(f"mergekit failed: {run.stderr.strip().splitlines()[-1:]}")
         return None
-    return took
+    return float(lines[-1].split()[1]), wall
 
 
 def bench_size(size: str, args: argparse.Namespace) -> list[list[str]]:
@@ -99,15 +115,16 @@ def bench_size(size: str, args: argparse.Namespace) -> list[list[str]]:
         if floor is None:
             plans = plan_tensors(recipe, sources0.architecture, sources0.base_config, sources0.output_tied)
             floor = floor_seconds(model, sources0, plans, args.repeats)
-        mk = None
+        mk = wall = None
         if method in args.mergekit_methods:
-            mk = mergekit_seconds(data, args.mergekit_timeout)
+            mk, wall = mergekit_seconds(data, args.mergekit_timeout) or (None, None)
         ratio_floor = steady / floor
-        ratio_mk = f"{mk / steady:.1f}x faster" if mk else "-"
+        ratio_mk = f"{mk / steady:.1f}x" if mk else "-"
         print(f"[{size}] {method}: first {times[0]:.2f}s steady {steady:.2f}s floor {floor:.2f}s "
-              f"mergekit {mk if mk is None else round(mk, 1)}s (load {load_line()})", flush=True)
+              f"mergekit run_merge {mk if mk is None else round(mk, 1)}s, process {wall if wall is None else round(wall, 1)}s"
+              f" (load {load_line()})", flush=True)
         rows.append([size, method, f"{times[0]:.2f}", f"{steady:.2f}", f"{floor:.2f}", f"{ratio_floor:.2f}",
-                     "-" if mk is None else f"{mk:.1f}", ratio_mk])
+                     "-" if mk is None else f"{mk:.1f}", "-" if wall is None else f"{wall:.1f}", ratio_mk])
     return rows
 
 
@@ -119,7 +136,7 @@ def main() -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-mergekit", action="store_true")
-    ap.add_argument("--mergekit-methods", default=",".join(METHODS), help="methods also timed with mergekit-yaml")
+    ap.add_argument("--mergekit-methods", default=",".join(METHODS), help="methods also timed with mergekit's run_merge")
     ap.add_argument("--mergekit-timeout", type=float, default=900)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
@@ -133,7 +150,8 @@ def main() -> int:
     for size in args.size.split(","):
         rows += bench_size(size, args)
     print(f"load after: {load_line()}")
-    print_table(["size", "method", "first s", "steady s", "floor s", "steady/floor", "mergekit s", "vs mergekit"], rows)
+    print_table(["size", "method", "first s", "steady s", "floor s", "steady/floor", "mergekit run_merge s",
+                 "mergekit process s", "run_merge / steady"], rows)
     return 0
 
 

@@ -64,9 +64,14 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> lis
     fresh = (attrs.get("report_best") == best.number and attrs.get("report_rows_version") == REPORT_ROWS_VERSION
              and keys and all(k in attrs for k in keys))
     if not fresh:
+        from tqdm.auto import tqdm
+
         world = ensure_world(cfg, world)
         keys, names = [], []
-        for name, kind, recipe in _rows_to_score(cfg, study, world):
+        rows = _rows_to_score(cfg, study, world)
+        bar = tqdm(rows, desc="report rows (dev + test)", unit="row", disable=not cfg.progress, leave=False)
+        for name, kind, recipe in bar:
+            bar.set_postfix_str(name)
             # the evolved row shares its cache entry with export
             key = f"scores:trial{best.number}" if kind == "evolved" else _key(recipe, cfg)
             if key not in attrs:
