@@ -49,8 +49,8 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
-def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int) -> tuple[torch.Tensor, int]:
-    """(the k-th largest value of the chunks' elements, how many are strictly larger), 1 <= k <= total.
+def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int) -> tuple[torch.Tensor, int, int]:
+    """(the k-th largest value v of the chunks' elements, how many are > v, how many are == v), 1 <= k <= total.
 
     `chunks()` yields the values afresh on each call; a strided sample brackets the answer and only the
     values inside the bracket are selected exactly, so nothing of the tensor's size is sorted or kept.
@@ -66,18 +66,23 @@ def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int
         above, inside = 0, []
         for c in chunks():
             c = _flat(c)
-            sel = torch.ones_like(c, dtype=torch.bool) if lo is None else c >= lo
+            if lo is None and hi is None:
+                inside.append(c)
+                continue
             if hi is not None:
                 above += int(torch.count_nonzero(c > hi))
-                sel &= c <= hi
+            sel = (c <= hi) if lo is None else (c >= lo) if hi is None else (c >= lo).logical_and_(c <= hi)
             inside.append(c[sel])
         values = _cat(inside)
         need = k - above
         if 0 < need <= values.numel():
             kth = torch.kthvalue(values, values.numel() - need + 1).values
-            return kth, above + int(torch.count_nonzero(values > kth))
+            return kth, above + int(torch.count_nonzero(values > kth)), int(torch.count_nonzero(values == kth))
         # the sample misjudged the bracket (rare): take everything on the side the answer lies
         lo, hi = (hi, None) if need <= 0 else (None, lo)
+
+
+KEEP_WHOLE_CHUNKS = 4  # up to this many chunks (16M elements), a tensor's magnitudes are computed once and kept
 
 
 def magnitude_mask(delta: Delta, shape: tuple[int, ...], density: float) -> torch.Tensor:
@@ -89,13 +94,15 @@ def magnitude_mask(delta: Delta, shape: tuple[int, ...], density: float) -> torc
         return torch.zeros(shape, dtype=torch.bool)
     k = max(1, int(density * n))
     slices = row_chunks(shape)
-    if len(slices) == 1:
-        whole = [delta(slices[0]).abs()]
+    if len(slices) <= KEEP_WHOLE_CHUNKS:
+        whole = [delta(slice(None)).abs_()]
         chunks: Callable[[], Iterator[torch.Tensor]] = lambda: iter(whole)  # noqa: E731
     else:  # recomputing a chunk's magnitudes is cheaper than holding a big tensor's in float32
-        chunks = lambda: (delta(s).abs() for s in slices)  # noqa: E731
-    kth, above = kth_largest(chunks, n, k)
+        chunks = lambda: (delta(s).abs_() for s in slices)  # noqa: E731
+    kth, above, equal = kth_largest(chunks, n, k)
     need = k - above
+    if equal == need:  # every value at the cut is kept: one comparison, no tie to break
+        return _cat([mag >= kth for mag in chunks()]).reshape(shape)
     out = []
     # mergekit's argsort leaves the order of equal magnitudes unspecified; lowest flat index first is deterministic
     for mag in chunks():

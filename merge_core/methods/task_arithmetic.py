@@ -60,7 +60,8 @@ def generalized_task_arithmetic(
         return out.copy_(base_t)
 
     def delta_of(m: str) -> sp.Delta:
-        return lambda rows: tensors[m][rows].float() - base_t[rows].float()
+        # a fresh float32 copy of the source rows (never a view of a float32 source), minus the base rows in place
+        return lambda rows: tensors[m][rows].to(torch.float32, copy=True).sub_(base_t[rows])
 
     keep: dict[str, torch.Tensor | None] = {}
     scale: dict[str, float | None] = {}
@@ -77,18 +78,21 @@ def generalized_task_arithmetic(
     if consensus is None and all(k is None for k in keep.values()):
         return _weighted_sum(tensors, base, others, weights, lam, normalize, out)
     for rows in sp.row_chunks(shape):
-        rshape = base_t[rows].shape
-        b = sp.scratch("base", rshape, dev).copy_(base_t[rows])
+        b = base_t[rows]  # stays in its stored dtype; float32 math happens inside each op
+        rshape = b.shape
         deltas = []
         for i, (m, w) in enumerate(zip(others, weights)):
             d = sp.scratch(f"delta{i}", rshape, dev).copy_(tensors[m][rows]).sub_(b)
             if keep[m] is not None:
                 d.mul_(keep[m][rows])
-            if scale[m] is not None:
-                d.mul_(scale[m])
-            deltas.append(d.mul_(w))
-        mixed = sp.scratch("mixed", rshape, dev).copy_(deltas[0])
-        for d in deltas[1:]:
+            coef = w * (scale[m] if scale[m] is not None else 1.0)
+            deltas.append(d.mul_(coef) if coef != 1 else d)
+        mixed = sp.scratch("mixed", rshape, dev)
+        if len(deltas) > 1:
+            torch.add(deltas[0], deltas[1], out=mixed)
+        else:
+            mixed.copy_(deltas[0])
+        for d in deltas[2:]:
             mixed.add_(d)
         if consensus == "sum":
             # TIES election: keep entries whose sign agrees with the sign of the summed weighted deltas
@@ -96,11 +100,13 @@ def generalized_task_arithmetic(
             majority = sp.scratch("majority", rshape, dev).copy_(torch.ge(mixed, 0, out=agree)).mul_(2).sub_(1)
             divisor = sp.scratch("divisor", rshape, dev).zero_()
             sign = sp.scratch("sign", rshape, dev)
-            mixed.zero_()
-            for d, w in zip(deltas, weights):
+            for i, (d, w) in enumerate(zip(deltas, weights)):
                 torch.eq(torch.sign(d, out=sign), majority, out=agree)
-                mixed.add_(d.mul_(agree))
-                divisor.add_(sign.copy_(agree).mul_(w))
+                if i == 0:
+                    torch.mul(d, agree, out=mixed)  # the sum was only needed for the majority sign
+                else:
+                    mixed.add_(d.mul_(agree))
+                divisor.add_(agree, alpha=w)
             divisor.masked_fill_(torch.eq(divisor, 0, out=agree), 1)
         else:
             total = float(torch.tensor(weights, dtype=torch.float32).sum())

@@ -24,8 +24,9 @@ def test_magnitude_mask_is_the_argsort_top_k(shape, density, monkeypatch) -> Non
     assert torch.equal(sp.magnitude_mask(_delta(t), shape, density), expect.reshape(shape))
 
 
-def test_magnitude_mask_ties_keep_exactly_k_lowest_index_first(monkeypatch) -> None:
-    monkeypatch.setattr(sp, "CHUNK", 64)
+@pytest.mark.parametrize("chunk", [64, 1 << 22])  # streamed chunks / magnitudes kept whole
+def test_magnitude_mask_ties_keep_exactly_k_lowest_index_first(chunk, monkeypatch) -> None:
+    monkeypatch.setattr(sp, "CHUNK", chunk)
     t = torch.randint(-3, 4, (40, 16), generator=torch.Generator().manual_seed(0)).float()
     mask = sp.magnitude_mask(_delta(t), tuple(t.shape), 0.3)
     k = int(0.3 * t.numel())
@@ -44,10 +45,10 @@ def test_kth_largest_survives_a_misleading_sample() -> None:
     values = torch.zeros(300_000)
     values[1::4][:60_000] = 5.0
     values[2] = 7.0
-    kth, above = sp.kth_largest(lambda: iter([values]), values.numel(), 50_000)
-    assert kth.item() == 5.0 and above == 1
-    kth, above = sp.kth_largest(lambda: iter([values]), values.numel(), 1)
-    assert kth.item() == 7.0 and above == 0
+    kth, above, equal = sp.kth_largest(lambda: iter([values]), values.numel(), 50_000)
+    assert kth.item() == 5.0 and above == 1 and equal == 60_000
+    kth, above, equal = sp.kth_largest(lambda: iter([values]), values.numel(), 1)
+    assert kth.item() == 7.0 and above == 0 and equal == 1
 
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic", "ties", "dare_ties", "breadcrumbs", "della"])
