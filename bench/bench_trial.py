@@ -122,6 +122,8 @@ def load_cfg(setting: str, out_dir: Path, n_trials: int, threads: int, limit: in
               "export=false", "report=false"]
     if storage == "journal":
         common.append(f"storage={out_dir / 'study.log'}")
+    # lm-eval's `limit` (all the naive loop can pass) takes the first N docs: both loops score those same items
+    common.append("tasks.subset_seed=null")
     common += extra
     if limit:
         common.append(f"tasks.limit={limit}")

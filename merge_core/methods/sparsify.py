@@ -174,9 +174,9 @@ def l1_scale(delta: Delta, shape: tuple[int, ...], keep: torch.Tensor, eps: floa
     """Factor that gives the masked delta the whole delta's L1 norm (None when either norm is ~0)."""
     before = after = 0.0
     for s in row_chunks(shape):
-        d = delta(s).abs()
-        before += float(d.sum(dtype=torch.float64))
-        after += float((d * keep[s]).sum(dtype=torch.float64))
+        d = delta(s).abs_()  # a fresh float32 tensor: float32 sums per chunk (torch sums pairwise), totals in double
+        before += float(d.sum())
+        after += float(d.mul_(keep[s]).sum())
     if before < eps or after < eps:
         return None
     return before / after
