@@ -45,6 +45,20 @@ def _small_files_digest(folders: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def _code_digest() -> str:
+    """sha256 over the merge library and the evaluator's source: changed merge or scoring code means new scores."""
+    import merge_core
+
+    import evolve
+
+    files = sorted(Path(merge_core.__file__).parent.rglob("*.py"))
+    files += [Path(evolve.__file__).parent / name for name in ("evaluate.py", "tasks.py")]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def score_key(recipe: Any, model_hashes: dict[str, str], cfg: Any, device: str, tokenizer_dir: Path) -> str:
     """Content key of one recipe's dev+test scores under this config's evaluation settings."""
     import lm_eval
@@ -67,6 +81,7 @@ def score_key(recipe: Any, model_hashes: dict[str, str], cfg: Any, device: str, 
         "eval": {"limit": t.limit, "subset_seed": t.subset_seed, "test_limit": t.test_limit,
                  "batch_size": t.batch_size, "stages": [float(s) for s in t.stages], "dtype": str(cfg.dtype),
                  "device": device, "evaluator": str(t.evaluator)},
+        "code": _code_digest(),
         "libs": [getattr(lm_eval, "__version__", ""), torch.__version__, transformers.__version__],
     }
     text = json.dumps(payload, sort_keys=True, default=str)

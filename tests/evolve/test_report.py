@@ -76,3 +76,6 @@ def test_fixed_rows_are_reused_by_a_fresh_study_and_keyed_by_content(tmp_path, m
     assert key != score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cuda", models["base"])
     cfg.tasks.test_limit = 5
     assert key != score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])
+    cfg.tasks.test_limit = None
+    monkeypatch.setattr(score_cache, "_code_digest", lambda: "other merge code")
+    assert key != score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])
