@@ -1,8 +1,8 @@
 """Sparsification of task vectors (mergekit 0.1.5 semantics) as keep-masks, built a row chunk at a time.
 
-A delta is given as a callable `delta(rows) -> float32 tensor` over row slices, so big tensors (a 1B model's
-embedding) are never held whole in float32. Random masks are drawn from the given generator in chunk order,
-which yields the same bits as one draw over the whole tensor.
+A delta is given as a callable `delta(rows) -> float32 tensor` over row slices (a fresh tensor on every call:
+callers modify it in place), so big tensors (a 1B model's embedding) are never held whole in float32. Random masks
+are drawn from the given generator in chunk order, which yields the same bits as one draw over the whole tensor.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from merge_core.methods import sparsify as sp
 
 
 def _delta(t: torch.Tensor):
-    return lambda rows: t[rows].float()
+    return lambda rows: t[rows].float().clone()  # a fresh tensor per call, as sparsify's Delta contract says
 
 
 @pytest.mark.parametrize("shape", [(37, 11), (500,), (64, 300)])
