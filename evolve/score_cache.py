@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from merge_core.writer import atomic_write_text
 
 VERSION = 1
+
+
+def _files_digest(named: Iterable[tuple[str, Path]], digest: Any = None) -> Any:
+    """sha256 (new, or `digest` updated) over each file's name and bytes, in the order given."""
+    digest = hashlib.sha256() if digest is None else digest
+    for name, file in named:
+        digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest
 
 
 def _task_files_digest(names: list[str]) -> dict[str, str]:
@@ -25,10 +34,8 @@ def _task_files_digest(names: list[str]) -> dict[str, str]:
         folder = Path(eval_tasks.PATH) / name
         if not folder.is_dir():
             continue
-        digest = hashlib.sha256()
-        for file in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-            digest.update(str(file.relative_to(folder)).encode() + b"\0" + file.read_bytes() + b"\0")
-        out[name] = digest.hexdigest()
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        out[name] = _files_digest((str(f.relative_to(folder)), f) for f in files).hexdigest()
     return out
 
 
@@ -39,9 +46,8 @@ def _small_files_digest(folders: list[Path]) -> str:
         if not folder.is_dir():
             digest.update(str(folder).encode())  # a hub id: its weights' hash stands for it
             continue
-        for file in sorted(folder.iterdir()):
-            if file.is_file() and file.suffix in (".json", ".txt", ".model", ".jinja"):
-                digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+        files = [f for f in sorted(folder.iterdir()) if f.is_file() and f.suffix in (".json", ".txt", ".model", ".jinja")]
+        _files_digest(((f.name, f) for f in files), digest)
     return digest.hexdigest()
 
 
@@ -53,10 +59,7 @@ def _code_digest() -> str:
 
     files = sorted(Path(merge_core.__file__).parent.rglob("*.py"))
     files += [Path(evolve.__file__).parent / name for name in ("evaluate.py", "tasks.py")]
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return _files_digest((f.name, f) for f in files).hexdigest()
 
 
 def score_key(recipe: Any, model_hashes: dict[str, str], cfg: Any, device: str, tokenizer_dir: Path) -> str:
