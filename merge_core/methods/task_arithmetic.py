@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 
+from merge_core.methods import fused
 from merge_core.methods import sparsify as sp
 from merge_core.methods.registry import REQUIRED, register
 
@@ -59,6 +60,18 @@ def generalized_task_arithmetic(
     if not others:
         return out.copy_(base_t)
 
+    weights = [float(params[m]["weight"]) for m in others]
+    lam, normalize = float(options["lambda"]), bool(options["normalize"])
+    dense = sparsification is None or all(float(params[m]["density"]) >= 1 for m in others)
+    if consensus is None and dense:
+        return _weighted_sum(tensors, base, others, weights, lam, normalize, out)
+    if sparsification in (None, "magnitude", "random") and fused.usable(base_t, out, base_t.numel()):
+        try:
+            gens = {m: model_generator(generator, m) for m in others}
+            return fused.merge(tensors, base, others, params, weights, options, sparsification, consensus, gens, out)
+        except Exception as e:  # a compiler missing or failing: say so once, then merge eagerly
+            fused.disable(e)
+
     def delta_of(m: str) -> sp.Delta:
         # a fresh float32 copy of the source rows (never a view of a float32 source), minus the base rows in place
         return lambda rows: tensors[m][rows].to(torch.float32, copy=True).sub_(base_t[rows])
@@ -72,11 +85,7 @@ def generalized_task_arithmetic(
             keep[m] = mask.to(base_t.device)
             if options["rescale"]:
                 scale[m] = sp.l1_scale(delta_of(m), shape, keep[m])
-    weights = [float(params[m]["weight"]) for m in others]
-    lam, normalize = float(options["lambda"]), bool(options["normalize"])
     dev = base_t.device
-    if consensus is None and all(k is None for k in keep.values()):
-        return _weighted_sum(tensors, base, others, weights, lam, normalize, out)
     for rows in sp.row_chunks(shape):
         b = base_t[rows]  # stays in its stored dtype; float32 math happens inside each op
         rshape = b.shape

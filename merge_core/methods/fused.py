@@ -1,0 +1,232 @@
+"""Fused CPU kernels (torch.compile) for TIES / DARE merges: one pass over the sources per trim, one per combine.
+
+The eager path (task_arithmetic.py) makes ~30 memory-bound elementwise passes per tensor and source; here the
+magnitude trim is one compiled pass that counts and marks a narrow bracket around the k-th largest |delta| (the
+exact cut is then found among the marked entries), and the sparsify + sign election + normalisation + cast into
+the output is one compiled pass that never materialises a delta or a keep mask. Same keep sets (largest
+magnitudes, ties at the cut to the lowest flat index), same DARE bits, same float32 operation order as the eager
+path, so results match it up to float32 rounding of the L1 rescale sums.
+
+Used on CPU for tensors of at least FUSED_MIN elements when a C++ compiler works; anything else (CUDA, small
+tensors, a failed compile) runs the eager path. MERGE_CORE_FUSED=0 turns it off, =1 also uses it for small tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+
+from merge_core.methods import sparsify as sp
+
+log = logging.getLogger(__name__)
+
+FUSED_MIN = 1 << 20  # smaller tensors stay eager: a compile is not worth it, and tests on tiny models never pay it
+SPAN = 1 << 24  # flat elements per kernel call: bounds the bool marks, and memory if a kernel ever ran uncompiled
+SAMPLE = 1 << 16  # strided sample that brackets the k-th magnitude
+
+_broken: list[str] = []  # the first compile error, once seen: everything stays eager afterwards
+
+
+def mode() -> str:
+    """'off', 'on' (any size) or 'auto' (large CPU tensors), from MERGE_CORE_FUSED=0/1/auto."""
+    v = os.environ.get("MERGE_CORE_FUSED", "auto").strip().lower()
+    return {"0": "off", "false": "off", "off": "off", "1": "on", "true": "on", "on": "on"}.get(v, "auto")
+
+
+def usable(base: torch.Tensor, out: torch.Tensor | None, n: int) -> bool:
+    """Whether this tensor's merge goes through the fused kernels."""
+    m = mode()
+    if m == "off" or _broken or base.device.type != "cpu" or n == 0 or (m == "auto" and n < FUSED_MIN):
+        return False
+    return out is None or (out.is_contiguous() and out.device.type == "cpu")
+
+
+def _trim_pass(x: torch.Tensor, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mag = (x.float() - b.float()).abs()
+    # uint8 marks: inductor stores them twice as fast as bool, and nonzero reads them as fast
+    return (mag > hi).sum(), ((mag >= lo) & (mag <= hi)).to(torch.uint8)
+
+
+def _keep(x: torch.Tensor, bf: torch.Tensor, mask: torch.Tensor | None, kth: torch.Tensor, cut: torch.Tensor,
+          idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d = x.float() - bf
+    mag = d.abs()
+    keep = (mag > kth) | ((mag == kth) & (idx <= cut))
+    return d, keep if mask is None else keep & (mask != 0)  # uint8 mask: inductor loads bool slowly
+
+
+def _l1_pass(x: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, kth: torch.Tensor, cut: torch.Tensor,
+             start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d, keep = _keep(x, b.float(), mask, kth, cut, torch.arange(b.numel(), device=b.device) + start)
+    mag = d.abs()
+    return mag.sum(dtype=torch.float64), torch.where(keep, mag, 0.0).sum(dtype=torch.float64)
+
+
+def _combine_pass(
+    b: torch.Tensor, xs: list[torch.Tensor], masks: list[torch.Tensor | None], kth: torch.Tensor, cut: torch.Tensor,
+    coef: torch.Tensor, w: torch.Tensor, start: torch.Tensor, div: torch.Tensor, lam: torch.Tensor,
+    consensus: bool, normalize: bool, scale_lam: bool, out: torch.Tensor,
+) -> None:
+    # the eager path's operations in its order (task_arithmetic.generalized_task_arithmetic), fused
+    bf = b.float()
+    idx = torch.arange(b.numel(), device=b.device) + start
+    ts = []
+    for i, x in enumerate(xs):
+        d, keep = _keep(x, bf, masks[i], kth[i], cut[i], idx)
+        ts.append(torch.where(keep, d, 0.0) * coef[i])
+    mixed = ts[0]
+    for t in ts[1:]:
+        mixed = mixed + t
+    if consensus:
+        majority = torch.where(mixed >= 0, 1.0, -1.0)
+        agree = torch.sign(ts[0]) == majority
+        mixed = ts[0] * agree
+        divisor = agree * w[0]
+        for i, t in enumerate(ts[1:], 1):
+            agree = torch.sign(t) == majority
+            mixed = mixed + t * agree
+            divisor = divisor + agree * w[i]
+        divisor = torch.where(divisor == 0, 1.0, divisor)
+    else:
+        divisor = div
+    if normalize:
+        mixed = mixed / divisor
+    if scale_lam:
+        mixed = mixed * lam
+    out.copy_(mixed + bf)
+
+
+_KERNELS: dict[str, Any] = {}
+
+
+RECOMPILE_LIMIT = 64  # variants: model count, dtypes, masks, consensus / normalize / lambda; torch's default is 8
+
+
+def _kernel(name: str) -> Any:
+    if name not in _KERNELS:
+        fn = {"trim": _trim_pass, "l1": _l1_pass, "combine": _combine_pass}[name]
+        compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return compiled(*args, **kwargs)
+
+        _KERNELS[name] = call
+    return _KERNELS[name]
+
+
+def _spans(n: int) -> list[tuple[int, int]]:
+    return [(i, min(i + SPAN, n)) for i in range(0, n, SPAN)]
+
+
+def _marked(marks: torch.Tensor) -> torch.Tensor:
+    """Ascending flat indices of the nonzero uint8 marks; scans them 8 at a time (few are marked)."""
+    whole = marks.numel() // 8 * 8
+    words = torch.nonzero(marks[:whole].view(torch.int64)).reshape(-1)
+    rows, cols = torch.nonzero(marks[:whole].view(-1, 8)[words], as_tuple=True)
+    return torch.cat([words[rows] * 8 + cols, torch.nonzero(marks[whole:]).reshape(-1) + whole])
+
+
+def _magnitude_cut(x: torch.Tensor, b: torch.Tensor, density: float) -> tuple[float, int]:
+    """(kth, cut) such that keeping |d| > kth, or |d| == kth at flat index <= cut, keeps exactly the
+    max(1, int(density * n)) largest magnitudes, ties at the cut going to the lowest flat index."""
+    n = x.numel()
+    if density >= 1:
+        return -1.0, n
+    if density <= 0:
+        return math.inf, -1
+    k = max(1, int(density * n))
+    step = max(1, n // SAMPLE)
+    sample = torch.sort((x[::step].float() - b[::step].float()).abs()).values
+    m = sample.numel()
+    pos = (n - k) / n * m
+    q = min(max(pos / m, 0.0), 1.0)
+    margin = 32 + 6 * math.sqrt(m * q * (1 - q))
+    lo = float(sample[int(pos - margin)]) if pos - margin >= 1 else -1.0
+    hi = float(sample[int(pos + margin)]) if pos + margin < m - 1 else math.inf
+    trim = _kernel("trim")
+    while True:
+        above, idx = 0, []
+        lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+        for s, e in _spans(n):
+            count, marked = trim(x[s:e], b[s:e], lo_t, hi_t)
+            above += int(count)
+            idx.append(_marked(marked).add_(s))
+        where = torch.cat(idx)
+        values = (x[where].float() - b[where].float()).abs()
+        need = k - above
+        if 0 < need <= values.numel():
+            kth = torch.kthvalue(values, values.numel() - need + 1).values
+            need -= int(torch.count_nonzero(values > kth))
+            ties = where[values == kth]  # ascending flat indices
+            return float(kth), int(ties[need - 1]) if need < ties.numel() else n
+        lo, hi = (hi, math.inf) if need <= 0 else (-1.0, lo)  # the sample misjudged the bracket (rare)
+
+
+def merge(
+    tensors: dict[str, torch.Tensor], base: str, others: list[str], params: dict[str, dict[str, Any]],
+    weights: list[float], options: dict[str, Any], sparsification: str | None, consensus: str | None,
+    generators: dict[str, torch.Generator], out: torch.Tensor,
+) -> torch.Tensor:
+    """The task-arithmetic family for magnitude / random / no sparsification with or without TIES consensus."""
+    base_t = tensors[base].reshape(-1)
+    xs = [tensors[m].reshape(-1) for m in others]
+    n = base_t.numel()
+    kth, cut, masks, coef = [], [], [], []
+    for m, x, w in zip(others, xs, weights):
+        density = float(params[m].get("density", 1.0))
+        mask = None
+        if sparsification == "magnitude":
+            t, c = _magnitude_cut(x, base_t, density)
+        else:
+            t, c = -1.0, n
+            if sparsification == "random" and density < 1:
+                mask = sp.bernoulli_mask((n,), density, generators[m]).view(torch.uint8)
+        scale = None
+        if sparsification is not None and density < 1 and options["rescale"]:
+            scale = _l1_scale(x, base_t, mask, t, c)
+        kth.append(t)
+        cut.append(c)
+        masks.append(mask)
+        coef.append(w * (scale if scale is not None else 1.0))
+    total = float(torch.tensor(weights, dtype=torch.float32).sum())
+    div = 1.0 if abs(total) < 1e-8 else total
+    lam = float(options["lambda"])
+    scalars = dict(
+        kth=torch.tensor(kth, dtype=torch.float32), cut=torch.tensor(cut, dtype=torch.int64),
+        coef=torch.tensor(coef, dtype=torch.float32), w=torch.tensor(weights, dtype=torch.float32),
+        div=torch.tensor(div, dtype=torch.float32), lam=torch.tensor(lam, dtype=torch.float32),
+        consensus=consensus == "sum", normalize=bool(options["normalize"]), scale_lam=lam != 1,
+    )
+    flat_out = out.view(-1)
+    combine = _kernel("combine")
+    for s, e in _spans(n):
+        combine(base_t[s:e], [x[s:e] for x in xs], [mk[s:e] if mk is not None else None for mk in masks],
+                start=torch.tensor(s), out=flat_out[s:e], **scalars)
+    return out
+
+
+def _l1_scale(x: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, kth: float, cut: int,
+              eps: float = 1e-7) -> float | None:
+    """Factor that gives the kept delta the whole delta's L1 norm (None when either norm is ~0), as sp.l1_scale."""
+    l1 = _kernel("l1")
+    kth_t, cut_t = torch.tensor(kth, dtype=torch.float32), torch.tensor(cut)
+    before = after = 0.0
+    for s, e in _spans(x.numel()):
+        tb, ta = l1(x[s:e], b[s:e], mask[s:e] if mask is not None else None, kth_t, cut_t, torch.tensor(s))
+        before += float(tb)
+        after += float(ta)
+    if before < eps or after < eps:
+        return None
+    return before / after
+
+
+def disable(error: BaseException) -> None:
+    """Remember a compile failure and say once that merges run eager from now on."""
+    if not _broken:
+        _broken.append(repr(error))
+        log.warning("fused merge kernels unavailable (%s); using the eager path", str(error).splitlines()[0][:200])

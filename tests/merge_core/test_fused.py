@@ -1,0 +1,105 @@
+"""Fused CPU kernels (torch.compile): the same keep sets and merged tensors as the eager path, and a safe fallback."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from merge_core.methods import METHODS, fused
+from merge_core.methods import sparsify as sp
+
+
+def _merge(method: str, tensors: dict, params: dict, options: dict, mode: str, monkeypatch) -> torch.Tensor:
+    monkeypatch.setenv("MERGE_CORE_FUSED", mode)
+    spec = METHODS[method]
+    out = torch.empty(tensors["base"].shape, dtype=torch.bfloat16)
+    spec.fn(tensors, "base", params, {**spec.global_params, **options}, torch.Generator().manual_seed(5), out=out)
+    return out
+
+
+@pytest.fixture
+def small_spans(monkeypatch):
+    # several kernel calls per tensor, the last one not a multiple of 8 long: offsets and the marks' tail are used
+    monkeypatch.setattr(fused, "SPAN", 4096)
+    monkeypatch.setattr(fused, "SAMPLE", 512)
+    monkeypatch.setattr(fused, "_broken", [])
+
+
+def _sources(dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    base = (0.02 * torch.randn(70, 301, generator=gen)).to(dtype)
+    # bf16 deltas take few distinct values: many magnitudes tie at the cut
+    return {"base": base, **{m: (base.float() + 0.002 * torch.randn(70, 301, generator=gen)).to(dtype)
+                             for m in ("a", "b", "c")}}
+
+
+@pytest.mark.parametrize(("method", "options", "dtype"), [
+    ("ties", {}, torch.bfloat16),
+    ("ties", {"rescale": True, "lambda": 0.7}, torch.float32),
+    ("dare_ties", {}, torch.bfloat16),
+])
+def test_fused_merge_equals_the_eager_merge(method, options, dtype, small_spans, monkeypatch) -> None:
+    tensors = _sources(dtype)
+    params = {"a": {"weight": 0.6, "density": 0.4}, "b": {"weight": -0.3, "density": 0.25},
+              "c": {"weight": 0.5, "density": 1.0}}
+    eager = _merge(method, tensors, params, options, "0", monkeypatch)
+    fast = _merge(method, tensors, params, options, "1", monkeypatch)
+    assert not fused._broken, fused._broken  # the kernels compiled and ran: no silent eager fallback
+    if options.get("rescale") or method == "dare_ties":
+        # the L1 rescale sums in another order: a few entries may round to the neighbouring bf16 value
+        assert (eager != fast).float().mean() < 1e-3
+        torch.testing.assert_close(fast.float(), eager.float(), rtol=8e-3, atol=1e-6)
+    else:
+        assert torch.equal(fast, eager)
+    assert not torch.equal(fast, tensors["base"].bfloat16())  # the merge changed something
+
+
+def test_magnitude_cut_keeps_the_eager_top_k_with_ties(small_spans) -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = torch.zeros(30_011)
+    x = torch.randint(-3, 4, (30_011,), generator=gen).float()  # magnitudes 0..3: the cut falls inside a tie
+    for density in (0.01, 0.3, 0.77, 0.999):
+        kth, cut = fused._magnitude_cut(x, base, density)
+        mag = x.abs()
+        keep = (mag > kth) | ((mag == kth) & (torch.arange(x.numel()) <= cut))
+        expect = sp.magnitude_mask(lambda rows: x[rows].clone(), (x.numel(),), density)
+        assert torch.equal(keep, expect), density
+
+
+def test_magnitude_cut_survives_a_misleading_sample(small_spans, monkeypatch) -> None:
+    monkeypatch.setattr(fused, "SAMPLE", 75_000)  # a sample of every 4th value ...
+    values = torch.zeros(300_000)
+    values[1::4][:60_000] = 5.0  # ... sees only zeros, so the first bracket misses the answer
+    values[2] = 7.0
+    kth, cut = fused._magnitude_cut(values, torch.zeros_like(values), 50_001 / 300_000)
+    assert kth == 5.0 and cut == int(torch.nonzero(values == 5.0).reshape(-1)[49_999])
+
+
+def test_a_failing_compile_falls_back_to_eager_once(small_spans, monkeypatch, caplog) -> None:
+    tensors = _sources(torch.bfloat16, seed=1)
+    params = {"a": {"weight": 0.5, "density": 0.5}, "b": {"weight": 0.5, "density": 0.5}}
+    eager = _merge("ties", {k: tensors[k] for k in ("base", "a", "b")}, params, {}, "0", monkeypatch)
+
+    def no_compiler(name):
+        raise RuntimeError("InductorError: no working C++ compiler")
+
+    monkeypatch.setattr(fused, "_kernel", no_compiler)
+    with caplog.at_level(logging.WARNING, logger=fused.__name__):
+        first = _merge("ties", {k: tensors[k] for k in ("base", "a", "b")}, params, {}, "1", monkeypatch)
+        second = _merge("ties", {k: tensors[k] for k in ("base", "a", "b")}, params, {}, "1", monkeypatch)
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert len([r for r in caplog.records if "fused merge kernels unavailable" in r.message]) == 1
+
+
+def test_auto_mode_leaves_small_and_non_cpu_tensors_eager(monkeypatch) -> None:
+    monkeypatch.setenv("MERGE_CORE_FUSED", "auto")
+    monkeypatch.setattr(fused, "_broken", [])
+    small = torch.zeros(10, 10)
+    big = torch.zeros(fused.FUSED_MIN)
+    assert not fused.usable(small, None, small.numel())
+    assert fused.usable(big, None, big.numel())
+    assert not fused.usable(big.to("meta"), None, big.numel())
+    monkeypatch.setenv("MERGE_CORE_FUSED", "0")
+    assert not fused.usable(big, None, big.numel())
