@@ -1,15 +1,17 @@
-"""Search efficiency on conf=tiny: best dev and held-out test score against trials and eval tokens, per optimizer,
-with and without multi-fidelity pruning, over several seeds.
+"""Search efficiency on conf=tiny or conf=demo: best dev and held-out test score against trials and eval tokens,
+per optimizer, with and without multi-fidelity pruning, over several seeds.
 
-    python bench/bench_search.py [--trials 24] [--seeds 0,1,2] [--optimizers cmaes,tpe,random]
-                                 [--pruners median,none] [--jobs 2] [--out .cache/bench/search]
+    python bench/bench_search.py [--conf tiny|demo] [--trials 24] [--seeds 0,1,2] [--optimizers cmaes,tpe,random]
+                                 [--pruners median,none] [--jobs 2] [--threads 1] [--heldout all|final] [--out DIR]
 
-Every run is the CLI (`python -m evolve search conf=tiny optimizer=X pruner=Y seed=S n_trials=N out_dir=...
-progress=false export=false report=false threads=1`), --jobs at a time. All runs use the same toy models (the
-seed-0 toy world, copied once under --out): `seed=` would otherwise also retrain the toy models, so the seeds here
-vary the optimizer only. Finished runs are reused. The held-out score of the best-so-far trial after every prefix
-of trials is its recipe merged into one live model and scored by the test-split Evaluator (once per distinct
-recipe, cached in --out/heldout.json).
+Every run is the CLI (`python -m evolve search conf=C optimizer=X pruner=Y seed=S n_trials=N out_dir=...
+progress=false export=false report=false threads=T`), --jobs at a time; each run's wall time and peak RSS (the
+child's ru_maxrss) are recorded. All runs use the same fixed models: for tiny the seed-0 toy world (copied once
+under --out; conf=tiny's `seed=` would otherwise also retrain them), for demo the demo's prepared models (its
+preparer runs once if they are missing), so the seeds here vary the optimizer only. Finished runs are reused.
+The held-out score of a best-so-far trial is its recipe merged into one live model and scored by the test-split
+Evaluator (once per distinct recipe, cached in --out/heldout.json): after every prefix of trials with
+`--heldout all`, for the run's final best only with `--heldout final` (the demo's test splits take minutes each).
 """
 
 from __future__ import annotations
@@ -53,8 +55,17 @@ def toy_models(out: Path) -> list[Path]:
     return dest
 
 
+def demo_models() -> list[Path]:
+    """base, arith, units: the demo's prepared models (the CLI's preparer runs once if they are missing)."""
+    from evolve.config import load_config
+    from evolve.search import resolve_models
+
+    base, sources = resolve_models(load_config(["conf=demo", "progress=false"])[0], progress=False)
+    return [Path(base), *map(Path, sources)]
+
+
 def model_overrides(models: list[Path]) -> list[str]:
-    """Config overrides that point conf=tiny at fixed model folders (no preparer)."""
+    """Config overrides that point the conf at fixed model folders (no preparer)."""
     return ["models.prepare=null", f"models.base={models[0]}", f"models.sources=[{','.join(map(str, models[1:]))}]"]
 
 
@@ -63,36 +74,40 @@ def run_dir(out: Path, optimizer: str, pruner: str, seed: int) -> Path:
     return out / "runs" / f"{optimizer}-{pruner}-s{seed}"
 
 
-def search(out: Path, models: list[Path], optimizer: str, pruner: str, seed: int, n_trials: int) -> float:
-    """Run (or resume) one search through the CLI; returns its wall seconds (0 when it was already complete)."""
+def search(out: Path, conf: str, models: list[Path], optimizer: str, pruner: str, seed: int, n_trials: int,
+           threads: int) -> dict:
+    """Run (or reuse) one search through the CLI; returns {seconds, peak_rss_gib} of its process."""
     d = run_dir(out, optimizer, pruner, seed)
     done = d / "done.json"
     if done.is_file() and json.loads(done.read_text()).get("n_trials") == n_trials:
-        return json.loads(done.read_text())["seconds"]
+        return json.loads(done.read_text())
     d.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "evolve", "search", "conf=tiny", f"optimizer={optimizer}", f"pruner={pruner}",
+    cmd = [sys.executable, "-m", "evolve", "search", f"conf={conf}", f"optimizer={optimizer}", f"pruner={pruner}",
            f"seed={seed}", f"n_trials={n_trials}", f"out_dir={d}", "progress=false", "export=false", "report=false",
-           "threads=1", *model_overrides(models)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+           f"threads={threads}", *model_overrides(models)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     t0 = time.perf_counter()
     with open(d / "log.txt", "w") as log:
-        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage (ru_maxrss in KiB on Linux)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - t0
-    if rc != 0:
-        raise SystemExit(f"{d}: search exited {rc}; see {d / 'log.txt'}")
-    done.write_text(json.dumps({"n_trials": n_trials, "seconds": seconds, "cmd": cmd}))
-    print(f"  {d.name}: {seconds:.0f} s (load {load_line()})", flush=True)
-    return seconds
+    if proc.returncode != 0:
+        raise SystemExit(f"{d}: search exited {proc.returncode}; see {d / 'log.txt'}")
+    info = {"n_trials": n_trials, "seconds": seconds, "peak_rss_gib": usage.ru_maxrss / 2**20, "cmd": cmd}
+    done.write_text(json.dumps(info))
+    print(f"  {d.name}: {seconds:.0f} s, peak RSS {info['peak_rss_gib']:.2f} GiB (load {load_line()})", flush=True)
+    return info
 
 
-def read_run(out: Path, optimizer: str, pruner: str, seed: int) -> list[dict]:
+def read_run(out: Path, study_name: str, optimizer: str, pruner: str, seed: int) -> list[dict]:
     """The counted trials of one run in order: number, state, dev value, tokens, params."""
     import optuna
 
     from evolve.study import is_counted
 
     db = run_dir(out, optimizer, pruner, seed) / "study.db"
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
     return [{"number": t.number, "state": t.state.name, "value": t.value, "tokens": int(t.user_attrs.get("tokens", 0)),
              "params": t.params} for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
             if is_counted(t)]
@@ -101,13 +116,13 @@ def read_run(out: Path, optimizer: str, pruner: str, seed: int) -> list[dict]:
 class HeldOut:
     """Test-split objective of a parameter point: merged into one live model, scored once, cached on disk."""
 
-    def __init__(self, out: Path, models: list[Path]) -> None:
-        """Build the tiny world (live model, dev Evaluator) and the test-split Evaluator."""
+    def __init__(self, out: Path, conf: str, models: list[Path], threads: int) -> None:
+        """Build the conf's world (live model, dev Evaluator) and the test-split Evaluator."""
         from evolve.config import load_config
         from evolve.export import test_evaluator
         from evolve.search import build_world
 
-        self.cfg = load_config(["conf=tiny", f"out_dir={out / 'heldout'}", "threads=1", "device=cpu",
+        self.cfg = load_config([f"conf={conf}", f"out_dir={out / 'heldout'}", f"threads={threads}", "device=cpu",
                                 "progress=false", *model_overrides(models)])[0]
         self.world = build_world(self.cfg)
         self.test = test_evaluator(self.world)
@@ -134,16 +149,18 @@ class HeldOut:
         return self.cache[key]
 
 
-def curves(trials: list[dict], heldout: HeldOut) -> dict[str, list[float]]:
-    """Per prefix of trials: cumulative tokens, best complete dev value so far and its held-out score."""
+def curves(trials: list[dict], heldout: HeldOut, final_only: bool = False) -> dict[str, list[float]]:
+    """Per prefix of trials: cumulative tokens, best complete dev value so far and its held-out score (nan before
+    the last prefix when `final_only`)."""
     tokens, dev, test, total, best = [], [], [], 0, None
-    for t in trials:
+    for i, t in enumerate(trials):
         total += t["tokens"]
         if t["state"] == "COMPLETE" and (best is None or t["value"] > best["value"]):
             best = t
         tokens.append(total)
         dev.append(best["value"] if best else math.nan)
-        test.append(heldout(best["params"]) if best else math.nan)
+        scored = best and (not final_only or i == len(trials) - 1)
+        test.append(heldout(best["params"]) if scored else math.nan)
     return {"tokens": tokens, "dev": dev, "test": test,
             "pruned": sum(t["state"] == "PRUNED" for t in trials), "n": len(trials)}
 
@@ -198,7 +215,8 @@ def summarize(results: dict, optimizers: list[str], pruners: list[str], seeds: l
     return rows
 
 
-def plot(results: dict, optimizers: list[str], pruners: list[str], seeds: list[int], path: Path, n_trials: int) -> None:
+def plot(results: dict, optimizers: list[str], pruners: list[str], seeds: list[int], path: Path, n_trials: int,
+         title: str) -> None:
     """2x2 figure: best dev / held-out test (mean over seeds) against trials and against eval tokens."""
     import matplotlib
 
@@ -216,11 +234,16 @@ def plot(results: dict, optimizers: list[str], pruners: list[str], seeds: list[i
             for row, key in enumerate(("dev", "test")):
                 n = min(len(r[key]) for r in runs)
                 by_trial = [statistics.fmean(r[key][k] for r in runs) for k in range(n)]
-                axes[row][0].plot(range(1, n + 1), by_trial, drawstyle="steps-post", **style)
+                # with --heldout final only the last point exists: a marker shows it
+                axes[row][0].plot(range(1, n + 1), by_trial, drawstyle="steps-post", marker="o", markevery=[n - 1],
+                                  **style)
                 stepped = [at_tokens(r, grid, key) for r in runs]
                 by_tok = [statistics.fmean(v[i] for v in stepped) if all(not math.isnan(v[i]) for v in stepped)
                           else math.nan for i in range(len(grid))]
                 axes[row][1].plot([g / 1000 for g in grid], by_tok, drawstyle="steps-post", **style)
+                # the runs' final point (mean tokens, mean score): the only one with --heldout final
+                axes[row][1].plot([statistics.fmean(r["tokens"][-1] for r in runs) / 1000],
+                                  [statistics.fmean(r[key][-1] for r in runs)], marker="o", color=style["color"])
     for row, key in enumerate(("best dev score (so far)", "held-out test score of the best-dev trial")):
         axes[row][0].set_ylabel(key)
         axes[row][0].set_xlabel("trials")
@@ -228,7 +251,7 @@ def plot(results: dict, optimizers: list[str], pruners: list[str], seeds: list[i
     for ax in axes.flat:
         ax.grid(alpha=0.3)
     axes[0][1].legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"conf=tiny, ties, {n_trials} trials, mean over seeds {seeds} (solid: median pruner, dashed: none)",
+    fig.suptitle(f"{title}, {n_trials} trials, mean over seeds {seeds} (solid: median pruner, dashed: none)",
                  fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,26 +264,35 @@ def plot(results: dict, optimizers: list[str], pruners: list[str], seeds: list[i
 def main() -> None:
     """Run the grid of searches, score the best-so-far trials on the test split, print tables, draw the plot."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--conf", choices=["tiny", "demo"], default="tiny")
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--optimizers", default="cmaes,tpe,random")
     p.add_argument("--pruners", default="median,none")
-    p.add_argument("--jobs", type=int, default=2, help="searches run at the same time (threads=1 each)")
-    p.add_argument("--out", type=Path, default=ROOT / ".cache" / "bench" / "search")
-    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "search_efficiency.png")
+    p.add_argument("--jobs", type=int, default=2, help="searches run at the same time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per search")
+    p.add_argument("--heldout", choices=["all", "final"], default=None,
+                   help="score every best-so-far trial on test (tiny's default) or each run's final best (demo's)")
+    p.add_argument("--out", type=Path, default=None, help="default .cache/bench/search (tiny), search-demo (demo)")
+    p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args()
+    demo = args.conf == "demo"
+    out = args.out or ROOT / ".cache" / "bench" / ("search-demo" if demo else "search")
+    plot_path = args.plot or ROOT / "docs" / "img" / ("search_efficiency_demo.png" if demo else "search_efficiency.png")
+    final_only = (args.heldout or ("final" if demo else "all")) == "final"
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     optimizers, pruners = args.optimizers.split(","), args.pruners.split(",")
-    args.out.mkdir(parents=True, exist_ok=True)
-    models = toy_models(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = demo_models() if demo else toy_models(out)
     grid = [(o, p_, s) for s in seeds for o in optimizers for p_ in pruners]
-    print(f"{len(grid)} searches, {args.jobs} at a time, load {load_line()}", flush=True)
+    print(f"{len(grid)} searches, {args.jobs} at a time, {args.threads} thread(s) each, load {load_line()}", flush=True)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
-        seconds = dict(zip(grid, pool.map(lambda g: search(args.out, models, *g, args.trials), grid)))
+        runs = dict(zip(grid, pool.map(
+            lambda g: search(out, args.conf, models, *g, args.trials, args.threads), grid)))
     t_search = time.perf_counter() - t0
 
     import logging
@@ -270,19 +302,28 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     t0 = time.perf_counter()
-    heldout = HeldOut(args.out, models)
-    results = {g: curves(read_run(args.out, *g), heldout) for g in grid}
+    torch.set_num_threads(max(args.threads, os.cpu_count() or 1))  # the searches are done: one scorer, all cores
+    heldout = HeldOut(out, args.conf, models, torch.get_num_threads())
+    study_name = heldout.cfg.study_name
+    results = {g: curves(read_run(out, study_name, *g), heldout, final_only) for g in grid}
     t_heldout = time.perf_counter() - t0
 
-    plot(results, optimizers, pruners, seeds, args.plot, args.trials)
-    print(f"\n{datetime.date.today()}  {args.trials} trials  seeds {seeds}  searches {t_search:.0f} s "
-          f"(mean {statistics.fmean(seconds.values()):.0f} s per run, {args.jobs} at a time)  held-out scoring "
+    title = "conf=demo, task_arithmetic" if demo else "conf=tiny, ties"
+    plot(results, optimizers, pruners, seeds, plot_path, args.trials, title)
+    seconds = [r["seconds"] for r in runs.values()]
+    print(f"\n{datetime.date.today()}  conf={args.conf}  {args.trials} trials  seeds {seeds}  searches {t_search:.0f} s "
+          f"(mean {statistics.fmean(seconds):.0f} s per run, {args.jobs} at a time)  held-out scoring "
           f"{t_heldout:.0f} s ({heldout.evaluated} new recipes)  load {load_line()}")
     print_table(["optimizer", "pruner", "final best dev", "held-out test of best dev", "eval tokens",
                  "tokens / no-pruning", "pruned trials", "tokens to reach no-pruning's final test, per seed (ratio)"],
                 summarize(results, optimizers, pruners, seeds))
-    print(f"plot: {args.plot}")
-    (args.out / "summary.json").write_text(json.dumps({f"{o}-{p_}-s{s}": r for (o, p_, s), r in results.items()}))
+    print()
+    print_table(["run", "trials", "pruned", "eval tokens", "wall s", "peak RSS GiB"],
+                [[f"{o}-{p_}-s{s}", str(results[(o, p_, s)]["n"]), str(results[(o, p_, s)]["pruned"]),
+                  f"{results[(o, p_, s)]['tokens'][-1]:,}", f"{r['seconds']:.0f}",
+                  f"{r['peak_rss_gib']:.2f}" if "peak_rss_gib" in r else "-"] for (o, p_, s), r in runs.items()])
+    print(f"plot: {plot_path}")
+    (out / "summary.json").write_text(json.dumps({f"{o}-{p_}-s{s}": r for (o, p_, s), r in results.items()}))
 
 
 if __name__ == "__main__":
