@@ -1,15 +1,17 @@
 """Sparsification of task vectors (mergekit 0.1.5 semantics) as keep-masks, built a row chunk at a time.
 
 A delta is given as a callable `delta(rows) -> float32 tensor` over row slices (a fresh tensor on every call:
-callers modify it in place), so big tensors (a 1B model's embedding) are never held whole in float32. Random masks
-are drawn from the given generator in chunk order, which yields the same bits as one draw over the whole tensor.
+callers modify it in place), so big tensors (a 1B model's embedding) are never held whole in float32. DARE masks
+come from seeded counter-like streams (one per block of entries), so chunking never changes their bits.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 CHUNK = 1 << 22  # elements per row chunk: bounded float32 scratch, still big enough for fast kernels
@@ -134,19 +136,39 @@ def outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Ten
     return mask.reshape_as(delta)
 
 
-def bernoulli_mask(shape: tuple[int, ...], density: float, generator: torch.Generator) -> torch.Tensor:
-    """Keep each entry with probability `density` (DARE); drawn chunk by chunk on the generator's device (CPU).
+MASK_BLOCK = 1 << 20  # flat entries per independently seeded random stream of a DARE mask
 
-    A uniform draw compared with `density` is a Bernoulli(density) draw, 3x faster than torch.bernoulli on CPU;
-    uniform draws in chunk order give the same bits as one draw over the whole tensor.
+
+def _mask_block(seed: int, block: int, keep: np.ndarray, threshold: int) -> None:
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, block])))
+    words = rng.integers(0, 2**64 - 1, size=(keep.size + 1) // 2, dtype=np.uint64, endpoint=True)
+    np.less(words.view(np.uint32)[: keep.size], threshold, out=keep)
+
+
+def bernoulli_mask(shape: tuple[int, ...], density: float, seed: int) -> torch.Tensor:
+    """Keep each entry with probability `density` (DARE), reproducibly from `seed`: a CPU bool tensor.
+
+    Each block of MASK_BLOCK flat entries draws uniform 32-bit numbers from its own PCG64 stream (numpy, seeded by
+    (seed, block)) and keeps an entry when its number is below density * 2^32. So the bits do not depend on the
+    device, the chunking or the thread count; blocks are drawn in parallel, each 2.5x faster than torch's CPU
+    mt19937 `rand` (which made DARE masks the largest cost of a build).
     """
+    n = math.prod(shape)
     if density >= 1:
         return torch.ones(shape, dtype=torch.bool)
-    parts = []
-    for s in row_chunks(shape):
-        rows = torch.empty(shape, dtype=torch.bool, device="meta")[s].shape
-        parts.append(torch.rand(rows, generator=generator, device=generator.device) < density)
-    return torch.cat(parts).reshape(shape) if shape else parts[0]
+    keep = torch.empty(n, dtype=torch.bool)
+    flat = keep.numpy()
+    threshold = np.uint32(min(max(int(density * 2.0**32), 0), 2**32 - 1))
+    blocks = range(0, n, MASK_BLOCK)
+    jobs = [(seed, i // MASK_BLOCK, flat[i : i + MASK_BLOCK], threshold) for i in blocks]
+    workers = min(len(jobs), torch.get_num_threads())
+    if workers > 1:  # numpy draws without the GIL
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda job: _mask_block(*job), jobs))
+    else:
+        for job in jobs:
+            _mask_block(*job)
+    return keep.reshape(shape)
 
 
 def della_mask(delta: torch.Tensor, density: float, epsilon: float, generator: torch.Generator) -> torch.Tensor:

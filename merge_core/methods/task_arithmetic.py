@@ -15,25 +15,31 @@ from merge_core.methods.registry import REQUIRED, register
 Sparsification = Literal["magnitude", "random", "magnitude_outliers", "della_magprune"]
 
 
-def model_generator(generator: torch.Generator | None, model: str) -> torch.Generator:
-    """A CPU generator for one model's mask, derived from the tensor's generator and the model id."""
+def model_seed(generator: torch.Generator | None, model: str) -> int:
+    """A 63-bit seed for one model's mask, derived from the tensor's generator and the model id."""
     root = generator.initial_seed() if generator is not None else 0
     digest = hashlib.sha256(f"{root}\0{model}".encode()).digest()
-    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def model_generator(generator: torch.Generator | None, model: str) -> torch.Generator:
+    """A CPU generator for one model's DELLA mask, seeded by model_seed."""
+    return torch.Generator(device="cpu").manual_seed(model_seed(generator, model))
 
 
 def _keep_mask(
-    delta: sp.Delta, shape: tuple[int, ...], how: Sparsification, p: dict[str, Any], gen: torch.Generator
+    delta: sp.Delta, shape: tuple[int, ...], how: Sparsification, p: dict[str, Any], generator: torch.Generator | None,
+    model: str,
 ) -> torch.Tensor:
     density = float(p["density"])
     if how == "magnitude":
         return sp.magnitude_mask(delta, shape, density)
     if how == "random":
-        return sp.bernoulli_mask(shape, density, gen)
+        return sp.bernoulli_mask(shape, density, model_seed(generator, model))
     whole = delta(slice(None))  # rank-based masks need the whole delta (not used by the benchmarked methods)
     if how == "magnitude_outliers":
         return sp.outlier_mask(whole, density, float(p["gamma"]))
-    return sp.della_mask(whole, density, float(p["epsilon"]), gen)
+    return sp.della_mask(whole, density, float(p["epsilon"]), model_generator(generator, model))
 
 
 def generalized_task_arithmetic(
@@ -67,8 +73,8 @@ def generalized_task_arithmetic(
         return _weighted_sum(tensors, base, others, weights, lam, normalize, out)
     if sparsification in (None, "magnitude", "random") and fused.usable(base_t, out, base_t.numel()):
         try:
-            gens = {m: model_generator(generator, m) for m in others}
-            return fused.merge(tensors, base, others, params, weights, options, sparsification, consensus, gens, out)
+            seeds = {m: model_seed(generator, m) for m in others}
+            return fused.merge(tensors, base, others, params, weights, options, sparsification, consensus, seeds, out)
         except Exception as e:  # a compiler missing or failing: say so once, then merge eagerly
             fused.disable(e)
 
@@ -81,7 +87,7 @@ def generalized_task_arithmetic(
     for m in others:
         keep[m], scale[m] = None, None
         if sparsification is not None and float(params[m]["density"]) < 1:
-            mask = _keep_mask(delta_of(m), shape, sparsification, params[m], model_generator(generator, m))
+            mask = _keep_mask(delta_of(m), shape, sparsification, params[m], generator, m)
             keep[m] = mask.to(base_t.device)
             if options["rescale"]:
                 scale[m] = sp.l1_scale(delta_of(m), shape, keep[m])

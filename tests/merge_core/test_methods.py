@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from merge_core.methods import METHODS, REQUIRED
-from merge_core.methods.task_arithmetic import model_generator
+from merge_core.methods.task_arithmetic import model_seed
 
 SHAPE = (6, 5)
 
@@ -175,9 +175,11 @@ def test_dare_statistics(method: str) -> None:
     kept = delta != 0
     assert abs(kept.float().mean().item() - 0.3) < 0.02
     torch.testing.assert_close(delta[kept], (a - base)[kept])
-    # the mask is exactly the one the per-model generator draws
-    expect = torch.bernoulli(torch.full((100, 100), 0.3), generator=model_generator(torch.Generator().manual_seed(5), "a"))
-    assert torch.equal(kept, expect.bool() & ((a - base) != 0))
+    # the mask is exactly the one drawn from the model's seed: PCG64 stream of block 0, uniform 32-bit < 0.3 * 2^32
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([model_seed(torch.Generator().manual_seed(5), "a"), 0])))
+    u32 = rng.integers(0, 2**64 - 1, size=5000, dtype=np.uint64, endpoint=True).view(np.uint32)
+    expect = torch.from_numpy(u32 < int(0.3 * 2**32)).reshape(100, 100)
+    assert torch.equal(kept, expect & ((a - base) != 0))
     rescaled = METHODS[method].fn({"base": base, "a": a}, "base", params, opts | {"rescale": True}, torch.Generator().manual_seed(5)) - base
     torch.testing.assert_close(rescaled.abs().sum(), (a - base).abs().sum(), rtol=1e-5, atol=0)
 

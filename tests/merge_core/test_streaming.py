@@ -75,3 +75,21 @@ def test_chunking_and_bf16_out_do_not_change_results(method: str, monkeypatch) -
     out = torch.empty(48, 20, dtype=torch.bfloat16)
     assert run(out) is out
     assert torch.equal(out, chunked.bfloat16())
+
+
+def test_dare_mask_bits_do_not_depend_on_threads_chunks_or_shape(monkeypatch) -> None:
+    monkeypatch.setattr(sp, "MASK_BLOCK", 1000)  # 13 independently seeded blocks
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = sp.bernoulli_mask((12_345,), 0.37, 11)
+        torch.set_num_threads(2)
+        parallel = sp.bernoulli_mask((15, 823), 0.37, 11)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(serial, parallel.reshape(-1))
+    assert abs(serial.float().mean().item() - 0.37) < 0.02
+    assert not torch.equal(serial[:1000], serial[1000:2000])  # blocks draw different streams
+    other = sp.bernoulli_mask((12_345,), 0.37, 12)
+    assert 0.1 < (serial ^ other).float().mean().item() < 0.9  # another seed, other bits
+    assert not sp.bernoulli_mask((5000,), 0.0, 1).any() and sp.bernoulli_mask((5000,), 1.0, 1).all()
