@@ -68,11 +68,12 @@ def test_magnitude_cut_keeps_the_eager_top_k_with_ties(small_spans) -> None:
         assert torch.equal(keep, expect), density
 
 
-def test_magnitude_cut_survives_a_misleading_sample(small_spans, monkeypatch) -> None:
-    monkeypatch.setattr(fused, "SAMPLE", 75_000)  # a sample of every 4th value ...
+@pytest.mark.parametrize("seen", [0, 2])  # the sample sees only zeros (answer above it) or only the 7 (below)
+def test_magnitude_cut_survives_a_misleading_sample(seen, small_spans, monkeypatch) -> None:
     values = torch.zeros(300_000)
-    values[1::4][:60_000] = 5.0  # ... sees only zeros, so the first bracket misses the answer
+    values[1::4][:60_000] = 5.0
     values[2] = 7.0
+    monkeypatch.setattr(torch, "randint", lambda lo, hi, size, generator=None: torch.full(size, seen))
     kth, cut = fused._magnitude_cut(values, torch.zeros_like(values), 50_001 / 300_000)
     assert kth == 5.0 and cut == int(torch.nonzero(values == 5.0).reshape(-1)[49_999])
 
