@@ -10,7 +10,8 @@ next --repeats calls (what every later trial of a search pays), `floor` = a plai
 bf16 source tensors with float32 math per tensor into the live model's preallocated bf16 parameters,
 `mergekit run_merge` = seconds inside mergekit 0.1.5's `run_merge(config, out_folder)` (load, merge, write; what
 mergekit-evolve pays per candidate), timed in mergekit's own interpreter after its imports; `process` = that whole
-Python process (start-up and imports included).
+Python process (start-up and imports included). On CPU, ties/dare_ties run through the compiled kernels of
+merge_core/methods/fused.py (`first` includes their compile); MERGE_CORE_FUSED=0 times the eager path instead.
 """
 
 from __future__ import annotations
