@@ -113,8 +113,11 @@ def _kernel(name: str) -> Any:
         fn = {"trim": _trim_pass, "l1": _l1_pass, "combine": _combine_pass}[name]
         compiled = torch.compile(fn, dynamic=True, fullgraph=True)
 
+        # torch < 2.6 names the limit cache_size_limit
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
         def call(*args: Any, **kwargs: Any) -> Any:
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            with torch._dynamo.config.patch(**{limit: RECOMPILE_LIMIT}):
                 return compiled(*args, **kwargs)
 
         _KERNELS[name] = call
