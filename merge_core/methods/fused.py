@@ -166,8 +166,11 @@ def _magnitude_cut(x: torch.Tensor, b: torch.Tensor, density: float) -> tuple[fl
             above += int(count)
             idx.append(_marked(marked).add_(s))
         where = torch.cat(idx)
-        values = (x[where].float() - b[where].float()).abs()
         need = k - above
+        if lo == hi and 0 < need <= where.numel():
+            # every marked entry equals the one bracket value (e.g. a source tensor equal to the base: all zeros)
+            return lo, int(where[need - 1]) if need < where.numel() else n
+        values = (x[where].float() - b[where].float()).abs()
         if 0 < need <= values.numel():
             kth = torch.kthvalue(values, values.numel() - need + 1).values
             need -= int(torch.count_nonzero(values > kth))

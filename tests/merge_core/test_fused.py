@@ -56,10 +56,12 @@ def test_fused_merge_equals_the_eager_merge(method, options, dtype, small_spans,
     assert not torch.equal(fast, tensors["base"].bfloat16())  # the merge changed something
 
 
-def test_magnitude_cut_keeps_the_eager_top_k_with_ties(small_spans) -> None:
+@pytest.mark.parametrize("values", ["few", "all_zero"])
+def test_magnitude_cut_keeps_the_eager_top_k_with_ties(values, small_spans) -> None:
     gen = torch.Generator().manual_seed(0)
     base = torch.zeros(30_011)
-    x = torch.randint(-3, 4, (30_011,), generator=gen).float()  # magnitudes 0..3: the cut falls inside a tie
+    # magnitudes 0..3: the cut falls inside a tie; or a source equal to the base (frozen layers): one value
+    x = torch.randint(-3, 4, (30_011,), generator=gen).float() if values == "few" else torch.zeros(30_011)
     for density in (0.01, 0.3, 0.77, 0.999):
         kth, cut = fused._magnitude_cut(x, base, density)
         mag = x.abs()
