@@ -150,13 +150,11 @@ def _magnitude_cut(x: torch.Tensor, b: torch.Tensor, density: float) -> tuple[fl
     m = min(n, SAMPLE, max(1 << 12, int(n ** (2 / 3))))
     at = torch.randint(0, n, (m,), generator=torch.Generator().manual_seed(n))
     sample = (x[at].float() - b[at].float()).abs()
-    pos = (n - k) / n * m  # where the answer sits in the ascending sample
-    q = min(max(pos / m, 0.0), 1.0)
-    # MARGIN standard deviations of the sample quantile's rank; a miss costs one wider pass, never a wrong answer
-    margin = 32 + MARGIN * math.sqrt(m * q * (1 - q))
+    # a miss of the bracket costs one wider pass, never a wrong answer
+    lo_rank, hi_rank = sp.bracket_ranks(n, k, m, sigmas=MARGIN)
     # two selections instead of a sort: torch.sort of the sample cost more than the whole pass on small tensors
-    lo = float(torch.kthvalue(sample, int(pos - margin) + 1).values) if pos - margin >= 1 else -1.0
-    hi = float(torch.kthvalue(sample, int(pos + margin) + 1).values) if pos + margin < m - 1 else math.inf
+    lo = float(torch.kthvalue(sample, lo_rank + 1).values) if lo_rank is not None else -1.0
+    hi = float(torch.kthvalue(sample, hi_rank + 1).values) if hi_rank is not None else math.inf
     trim = _kernel("trim")
     while True:
         above, idx = 0, []
@@ -182,7 +180,7 @@ def _magnitude_cut(x: torch.Tensor, b: torch.Tensor, density: float) -> tuple[fl
 def merge(
     tensors: dict[str, torch.Tensor], base: str, others: list[str], params: dict[str, dict[str, Any]],
     weights: list[float], options: dict[str, Any], sparsification: str | None, consensus: str | None,
-    seeds: dict[str, int], out: torch.Tensor,
+    seeds: dict[str, int], div: float, out: torch.Tensor,
 ) -> torch.Tensor:
     """The task-arithmetic family for magnitude / random / no sparsification with or without TIES consensus."""
     base_t = tensors[base].reshape(-1)
@@ -205,8 +203,6 @@ def merge(
         cut.append(c)
         masks.append(mask)
         coef.append(w * (scale if scale is not None else 1.0))
-    total = float(torch.tensor(weights, dtype=torch.float32).sum())
-    div = 1.0 if abs(total) < 1e-8 else total
     lam = float(options["lambda"])
     scalars = dict(
         kth=torch.tensor(kth, dtype=torch.float32), cut=torch.tensor(cut, dtype=torch.int64),

@@ -51,6 +51,15 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1)
 
 
+def bracket_ranks(total: int, k: int, m: int, sigmas: float) -> tuple[int | None, int | None]:
+    """Ranks in an ascending sample of m of `total` values that bracket the k-th largest value with `sigmas`
+    standard deviations of the sample quantile's rank each side (None: no bound on that side)."""
+    pos = (total - k) / total * m  # where the answer sits in the ascending sample
+    q = min(max(pos / m, 0.0), 1.0)
+    margin = 32 + sigmas * math.sqrt(m * q * (1 - q))
+    return (int(pos - margin) if pos - margin >= 1 else None, int(pos + margin) if pos + margin < m - 1 else None)
+
+
 def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int) -> tuple[torch.Tensor, int, int]:
     """(the k-th largest value v of the chunks' elements, how many are > v, how many are == v), 1 <= k <= total.
 
@@ -59,12 +68,9 @@ def kth_largest(chunks: Callable[[], Iterator[torch.Tensor]], total: int, k: int
     """
     step = max(1, total // (1 << 14))
     sample = torch.sort(_cat([_flat(c)[::step] for c in chunks()])).values
-    m = sample.numel()
-    pos = (total - k) / total * m  # where the answer sits in the ascending sample
-    q = min(max(pos / m, 0.0), 1.0)
-    margin = 32 + 6 * math.sqrt(m * q * (1 - q))  # 6 standard deviations of the sample quantile's rank
-    lo = sample[int(pos - margin)] if pos - margin >= 1 else None
-    hi = sample[int(pos + margin)] if pos + margin < m - 1 else None
+    lo_rank, hi_rank = bracket_ranks(total, k, sample.numel(), sigmas=6)
+    lo = sample[lo_rank] if lo_rank is not None else None
+    hi = sample[hi_rank] if hi_rank is not None else None
     while True:
         above, inside = 0, []
         for c in chunks():

@@ -27,6 +27,12 @@ def model_generator(generator: torch.Generator | None, model: str) -> torch.Gene
     return torch.Generator(device="cpu").manual_seed(model_seed(generator, model))
 
 
+def weight_divisor(weights: list[float]) -> float:
+    """What `normalize` divides by without a sign election: the float32 sum of the weights, 1 when it is ~0."""
+    total = float(torch.tensor(weights, dtype=torch.float32).sum())
+    return 1.0 if abs(total) < 1e-8 else total
+
+
 def _keep_mask(
     delta: sp.Delta, shape: tuple[int, ...], how: Sparsification, p: dict[str, Any], generator: torch.Generator | None,
     model: str,
@@ -74,7 +80,8 @@ def generalized_task_arithmetic(
     if sparsification in (None, "magnitude", "random") and fused.usable(base_t, out, base_t.numel()):
         try:
             seeds = {m: model_seed(generator, m) for m in others}
-            return fused.merge(tensors, base, others, params, weights, options, sparsification, consensus, seeds, out)
+            return fused.merge(tensors, base, others, params, weights, options, sparsification, consensus, seeds,
+                               weight_divisor(weights), out)
         except Exception as e:  # a compiler missing or failing: say so once, then merge eagerly
             fused.disable(e)
 
@@ -124,8 +131,7 @@ def generalized_task_arithmetic(
                 divisor.add_(agree, alpha=w)
             divisor.masked_fill_(torch.eq(divisor, 0, out=agree), 1)
         else:
-            total = float(torch.tensor(weights, dtype=torch.float32).sum())
-            divisor = 1.0 if abs(total) < 1e-8 else total
+            divisor = weight_divisor(weights)
         # int8_mask only saves memory in mergekit; a bool mask gives the same numbers
         if normalize:
             mixed.div_(divisor)
@@ -141,8 +147,7 @@ def _weighted_sum(
 ) -> torch.Tensor:
     # base + lam * sum(w_i (x_i - base)) / div rewritten as one weighted sum: 3 passes instead of ~10 per input;
     # the two forms differ by float32 rounding only
-    total = float(torch.tensor(weights, dtype=torch.float32).sum())
-    div = 1.0 if not normalize or abs(total) < 1e-8 else total
+    div = weight_divisor(weights) if normalize else 1.0
     coef = [lam * w / div for w in weights]
     inputs = [(tensors[base], 1.0 - sum(coef))] + [(tensors[m], c) for m, c in zip(others, coef)]
     for rows in sp.row_chunks(tuple(out.shape)):
