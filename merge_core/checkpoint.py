@@ -149,6 +149,15 @@ class Checkpoint:
             return tuple(self._pickled[file][real].shape)
         return tuple(self._handles[file].get_slice(real).get_shape())
 
+    def stored_dtype(self, name: str) -> str:
+        """The safetensors dtype name (F32, BF16, I32...) of one tensor, from the header alone."""
+        real = self.resolve(name)
+        file = self._where[real]
+        if file in self._pickled:
+            found = self._pickled[file][real].dtype
+            return next((k for k, v in _SAFETENSORS_DTYPES.items() if v == found), str(found))
+        return self._handles[file].get_slice(real).get_dtype()
+
     @property
     def dtype(self) -> torch.dtype:
         """Stored dtype of the embedding (or of the first tensor)."""

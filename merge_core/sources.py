@@ -10,6 +10,7 @@ import torch
 
 from merge_core.architecture import Architecture, get_architecture
 from merge_core.checkpoint import HEAD, Checkpoint
+from merge_core.compat import check_agreement, check_float, strip_remote_code
 from merge_core.errors import UserError
 from merge_core.recipe import Recipe
 
@@ -106,7 +107,7 @@ class Sources:
 
     def output_config(self, dtype: torch.dtype) -> dict:
         """The output's config.json contents: the base's, with the tie flag per the tied rule and the output dtype."""
-        config = dict(self.base_config)
+        config = strip_remote_code(self.base_config)
         config["tie_word_embeddings"] = self.output_tied
         config["dtype"] = str(dtype).removeprefix("torch.")
         config.pop("torch_dtype", None)
@@ -136,11 +137,17 @@ def _check_configs(models: dict[str, Checkpoint], base_id: str, where: str) -> A
             if key == "num_key_value_heads":  # absent means plain multi-head attention
                 a = a or base.config.get("num_attention_heads")
                 b = b or ck.config.get("num_attention_heads")
+            if a != b and key == "vocab_size":
+                raise UserError(
+                    f"{where}: models {base_id!r} and {model_id!r} differ in vocab_size ({a} vs {b}); "
+                    "set tokenizer_source: base or tokenizer_source: union in the recipe to align embedding rows by token"
+                )
             if a != b:
                 raise UserError(
                     f"{where}: models {base_id!r} and {model_id!r} differ in {key} ({a} vs {b}); "
                     "merge models of the same size and vocabulary"
                 )
+    check_agreement({m: ck.config for m, ck in models.items()}, base_id, where)
     return arch
 
 
@@ -154,6 +161,7 @@ def _check_weights(models: dict[str, Checkpoint], arch: Architecture, where: str
                 if spec.optional:
                     continue
                 raise UserError(f"{where}: model {model_id!r} ({ck.path}) has no tensor {spec.name}; use a complete checkpoint")
+            check_float(ck.stored_dtype(spec.name), spec.name, model_id, ck.path, where)
             shape = ck.shape(spec.name)
             first = shapes.setdefault(spec.name, (shape, model_id))
             if shape != first[0]:

@@ -19,12 +19,9 @@ from merge_core.live import resolve_device, resolve_dtype
 from merge_core.plan import merge_tensor, plan_tensors
 from merge_core.recipe import Recipe, recipe_to_dict
 from merge_core.sources import Sources
+from merge_core.tokenizer import TOKENIZER_FILES, copy_tokenizer_files  # noqa: F401  (TOKENIZER_FILES: re-export)
 
 CARD_MARKER = "<!-- written by evolve-merge -->"
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
-    "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-)
 DEFAULT_SHARD_SIZE = 2 * 1000**3
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -189,9 +186,7 @@ def _write_metadata(recipe: Recipe, sources: Sources, tmp: Path, dtype: torch.dt
     else:
         derived = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
         _write_json(tmp / "generation_config.json", derived)
-    for name in TOKENIZER_FILES:
-        if (sources.tokenizer_path / name).is_file():
-            shutil.copyfile(sources.tokenizer_path / name, tmp / name)
+    copy_tokenizer_files(sources.tokenizer_path, tmp)
     (tmp / "README.md").write_text(model_card(recipe, sources, card_extra), encoding="utf-8")
 
 
