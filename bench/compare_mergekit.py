@@ -88,7 +88,9 @@ def parity_recipes(m: dict[str, Path]) -> dict[str, dict]:
 
 def mergekit_command() -> tuple[list[str], bool] | None:
     """(argv prefix, True if it is a python that runs all recipes in one process); None if mergekit is absent."""
-    yaml_cli = os.environ.get("EVOLVE_MERGEKIT_YAML", "/opt/mkvenv/bin/mergekit-yaml")
+    # the default is the folder scripts/mergekit_venv.sh makes
+    default = Path(os.environ.get("TMPDIR") or "/tmp") / "evolve-ci-mergekit" / "bin" / "mergekit-yaml"
+    yaml_cli = os.environ.get("EVOLVE_MERGEKIT_YAML", str(default))
     python = os.environ.get("EVOLVE_MERGEKIT_PYTHON") or str(Path(yaml_cli).with_name("python"))
     if Path(python).is_file() and subprocess.run([python, "-c", "import mergekit"], capture_output=True).returncode == 0:
         return [python, "-c", _DRIVER], True

@@ -13,6 +13,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)
 
+from tests.external import export_mergekit_env  # noqa: E402
+
+export_mergekit_env()  # bench/compare_mergekit.py and mergekit subprocesses see the venv the tests found
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -3,18 +3,17 @@
 import json
 import math
 import subprocess
-from pathlib import Path
 
 import optuna
 import pytest
 import yaml
 
 from evolve.genome import declare
+from tests.external import require_mergekit
 
 TIES = {"name": "ties", "search": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.1, "high": 1.0}},
         "baseline": {"weight": None, "density": 0.5}, "options": {"normalize": True}}
 SLERP = {"name": "slerp", "search": {"t": {"low": 0.0, "high": 1.0, "per_source": False}}, "baseline": {"t": 0.5}}
-MKPY = Path("/opt/mkvenv/bin/python")
 
 
 def _random_params(genome, seed=0):
@@ -59,8 +58,8 @@ def test_slerp_t_is_a_global_gradient():
     assert r["parameters"]["t"][-1]["value"] == g.layer_values(_random_params(g))["t"][None]["layer"]
 
 
-@pytest.mark.skipif(not MKPY.exists(), reason="mergekit venv not installed")
 def test_mergekit_reads_the_same_per_layer_values(tmp_path):
+    mk_python = require_mergekit()
     n = 7
     names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
     for i in range(n):
@@ -88,7 +87,7 @@ def test_mergekit_reads_the_same_per_layer_values(tmp_path):
         "                out[f'{path}|{m.model.model.path}|{p}|{name}'] = v\n"
         "print(json.dumps(out))\n"
     )
-    res = subprocess.run([str(MKPY), "-c", script, json.dumps(names), str(n), *cases],
+    res = subprocess.run([str(mk_python), "-c", script, json.dumps(names), str(n), *cases],
                          capture_output=True, text=True, check=True)
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert len(got) == 2 * 2 * 2 * len(names)

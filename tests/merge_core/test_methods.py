@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from merge_core.methods import METHODS, REQUIRED
 from merge_core.methods.task_arithmetic import model_seed
+from tests.external import require_mergekit
 
 SHAPE = (6, 5)
 
@@ -200,8 +201,6 @@ def test_della_keep_probability_follows_rank() -> None:
 
 
 # (c) parity with mergekit 0.1.5, run in its own interpreter
-MK_PYTHON = os.environ.get("EVOLVE_MERGEKIT_PYTHON", "/opt/mkvenv/bin/python")
-
 MK_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -257,8 +256,7 @@ def _parity_cases() -> list[dict]:
 
 
 def test_parity_with_mergekit(tmp_path: Path) -> None:
-    if not Path(MK_PYTHON).exists():
-        pytest.skip(f"mergekit interpreter {MK_PYTHON} not found (set EVOLVE_MERGEKIT_PYTHON)")
+    mk_python = require_mergekit()
     base_m, base_v = _rand(10, (16, 16)), _rand(11, (24,))
     tensors = {"m/base": base_m, "v/base": base_v}
     for i, m in enumerate(("a", "b")):
@@ -269,7 +267,7 @@ def test_parity_with_mergekit(tmp_path: Path) -> None:
     (tmp_path / "cases.json").write_text(json.dumps(cases))
     (tmp_path / "mk.py").write_text(MK_SCRIPT)
     run = subprocess.run(
-        [MK_PYTHON, str(tmp_path / "mk.py"), str(tmp_path / "in.safetensors"), str(tmp_path / "cases.json"), str(tmp_path / "out.safetensors")],
+        [str(mk_python), str(tmp_path / "mk.py"), str(tmp_path / "in.safetensors"), str(tmp_path / "cases.json"), str(tmp_path / "out.safetensors")],
         capture_output=True, text=True, timeout=120, env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stderr[-2000:]

@@ -17,6 +17,7 @@ from merge_core.architecture import get_architecture, supported_architectures
 from merge_core.errors import UserError
 from merge_core.plan import merge_tensor, plan_tensors, tensor_seed
 from merge_core.recipe import load_recipe, parse_recipe, save_recipe
+from tests.external import require_mergekit
 
 LAYERS = 4
 CONFIG = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": LAYERS}
@@ -177,7 +178,6 @@ def test_merge_tensor_shape_and_value_errors() -> None:
 
 
 # end-to-end parity: mergekit 0.1.5 builds whole tiny models from our saved recipes; every tensor must match
-MK_PYTHON = os.environ.get("EVOLVE_MERGEKIT_PYTHON", "/opt/mkvenv/bin/python")
 MK_RUN = """
 import sys, yaml
 from mergekit.config import MergeConfiguration
@@ -220,8 +220,7 @@ evolve_merge: {seed: 0}
 
 
 def test_whole_model_parity_with_mergekit(tmp_path: Path) -> None:
-    if not Path(MK_PYTHON).exists():
-        pytest.skip(f"mergekit interpreter {MK_PYTHON} not found (set EVOLVE_MERGEKIT_PYTHON)")
+    mk_python = require_mergekit()
     from merge_core.synthetic import make_checkpoint
 
     base = make_checkpoint(tmp_path / "base", layers=LAYERS, hidden=32, intermediate=64, vocab=64, seed=0)
@@ -231,7 +230,7 @@ def test_whole_model_parity_with_mergekit(tmp_path: Path) -> None:
     for fname, text in E2E.items():
         recipe = parse_recipe(yaml.safe_load(text.replace("@/", f"{tmp_path}/")), fname)
         args += [str(save_recipe(recipe, tmp_path / fname)), str(tmp_path / f"out_{fname}")]
-    run = subprocess.run([MK_PYTHON, "-c", MK_RUN, *args], capture_output=True, text=True, timeout=240, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    run = subprocess.run([str(mk_python), "-c", MK_RUN, *args], capture_output=True, text=True, timeout=240, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     config = json.loads((base / "config.json").read_text())
     for fname in E2E:

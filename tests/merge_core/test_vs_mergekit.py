@@ -1,7 +1,7 @@
 """Parity with mergekit 0.1.5: every tensor within 1e-5 for every recipe of bench/compare_mergekit.py.
 
-mergekit lives in its own environment (EVOLVE_MERGEKIT_YAML / EVOLVE_MERGEKIT_PYTHON, see .ci/run); the test skips,
-saying so, where it is absent. All recipes go through one mergekit process, so the cost is mostly its import.
+mergekit lives in its own environment (scripts/mergekit_venv.sh, found by tests/external.py); the test skips,
+saying so, where it is absent (fails under CI=true). All recipes go through one mergekit process, so the cost is mostly its import.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.external import require_mergekit
 
 _BENCH = Path(__file__).resolve().parents[2] / "bench" / "compare_mergekit.py"
 _spec = importlib.util.spec_from_file_location("compare_mergekit", _BENCH)
@@ -21,8 +23,7 @@ RECIPES = list(parity.parity_recipes({k: Path(k) for k in ("base", "ft_a", "ft_b
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    if parity.mergekit_command() is None:
-        pytest.skip("mergekit not installed: set EVOLVE_MERGEKIT_YAML (or EVOLVE_MERGEKIT_PYTHON) to a mergekit 0.1.5 install")
+    require_mergekit()
     return parity.run_all(tmp_path_factory.mktemp("parity"), layers=4)
 
 

@@ -16,6 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.external import require_postgres
 from tests.reliability.helpers import counted, env_for, make_models, study_of, write_config
 
 
@@ -71,15 +72,11 @@ def test_three_workers_on_a_journal_one_killed_mid_trial(tmp_path):
     assert len(study_of(path).get_trials()) == len(trials)
 
 
-POSTGRES_URL = os.environ.get("EVOLVE_TEST_POSTGRES_URL")
-
-
-@pytest.mark.skipif(not POSTGRES_URL, reason="EVOLVE_TEST_POSTGRES_URL is not set (.ci/run sets it when it could "
-                                              "install and start PostgreSQL)")
 def test_two_workers_on_postgresql(tmp_path):
+    postgres_url = require_postgres()
     models = make_models(tmp_path / "models")
     name = f"pg_{uuid.uuid4().hex[:8]}"  # one database serves many runs
-    path = write_config(tmp_path, models, storage=POSTGRES_URL)
+    path = write_config(tmp_path, models, storage=postgres_url)
     cmd = _search(path, "n_trials=5", f"study_name={name}")
     env = env_for(models, FAKE_EVAL_SLEEP="0.2")
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
