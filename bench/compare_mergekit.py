@@ -80,6 +80,20 @@ def parity_recipes(m: dict[str, Path]) -> dict[str, dict]:
                 {"sources": [{"model": base, "layer_range": [2, 4]}, {"model": a, "layer_range": [2, 4]}],
                  "parameters": {"t": [0.5, 0.9]}},
             ]},
+        # passthrough layer paths: two models stacked (the untied one last: its head), a repeated slice with its
+        # residual writers scaled, one model's layers repeated
+        "passthrough_stack": {"merge_method": "passthrough", "dtype": "float32", "slices": [
+            {"sources": [{"model": a, "layer_range": [0, 3]}]},
+            {"sources": [{"model": u, "layer_range": [1, 4]}]}]},
+        "passthrough_repeat_scaled": {"merge_method": "passthrough", "dtype": "float32", "slices": [
+            {"sources": [{"model": base, "layer_range": [0, 3]}]},
+            {"sources": [{"model": base, "layer_range": [1, 3]}],
+             "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}, {"filter": "down_proj", "value": 0.75}]}},
+            {"sources": [{"model": b, "layer_range": [2, 4], "parameters": {"scale": [{"filter": "down_proj", "value": 1.25}]}}]}]},
+        "passthrough_repeat_one": {"merge_method": "passthrough", "dtype": "float32", "slices": [
+            {"sources": [{"model": a, "layer_range": [0, 2]}]},
+            {"sources": [{"model": a, "layer_range": [0, 4]}]},
+            {"sources": [{"model": a, "layer_range": [3, 4]}]}]},
         "ties_untied_source": {"merge_method": "ties", "base_model": base, "dtype": "float32",
                                "models": [{"model": a, "parameters": {"weight": 0.5, "density": 0.6}},
                                           {"model": u, "parameters": {"weight": 0.5, "density": 0.6}}]},
@@ -140,7 +154,9 @@ def compare(ours: Path, theirs: Path) -> dict:
     diffs = {n: (a[n].float() - b[n].float()).abs().max().item() if a[n].shape == b[n].shape else float("inf") for n in common}
     worst = max(diffs, key=diffs.get) if diffs else None
     tie = lambda f: json.loads((f / "config.json").read_text()).get("tie_word_embeddings")  # noqa: E731
+    depth = lambda f: json.loads((f / "config.json").read_text()).get("num_hidden_layers")  # noqa: E731
     return {
+        "layers_ours": depth(ours), "layers_mergekit": depth(theirs),
         "max_abs_diff": diffs[worst] if worst else float("inf"), "worst_tensor": worst,
         "only_ours": sorted(set(a) - set(b)), "only_mergekit": sorted(set(b) - set(a)),
         "tie_ours": tie(ours), "tie_mergekit": tie(theirs), "head_written": "lm_head.weight" in a,

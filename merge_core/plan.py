@@ -78,12 +78,19 @@ def _slices(recipe: Recipe, n_layers: int) -> list[_Slice]:
         srcs = tuple(_Source(x.model, x.layer_range[0], x.parameters) for x in s.sources)
         out.append(_Slice(srcs, length, s.base_model, s.parameters))
         total += length
-    if total != n_layers:
+    if total != n_layers and not METHODS[recipe.merge_method].layer_paths:
         raise UserError(
             f"{recipe.where}: slices: cover {total} layers but the models have {n_layers}; "
             f"make the layer ranges add up to {n_layers}"
         )
     return out
+
+
+def output_layers(recipe: Recipe, n_layers: int) -> int:
+    """Decoder layers of the output: the sources' count, or the slices' total length (a passthrough path)."""
+    if recipe.slices is None:
+        return n_layers
+    return sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in recipe.slices)
 
 
 class _Planner:

@@ -234,7 +234,8 @@ def parse_recipe(data: Any, where: str = "recipe", root: Path | None = None) -> 
                 lr = p.layer_range(src["layer_range"], f"{sk}.layer_range")
                 model = p.string(src.get("model"), f"{sk}.model", optional=False)
                 for a, b, other in used.get(model, []):
-                    if lr[0] < b and a < lr[1]:
+                    # passthrough repeats layers on purpose (mergekit's layer stacking); merges use each layer once
+                    if lr[0] < b and a < lr[1] and not spec.layer_paths:
                         raise p.fail(f"{sk}.layer_range", f"{list(lr)} overlaps {other} [{a}, {b}] of {model}", "use each source layer once")
                 used.setdefault(model, []).append((lr[0], lr[1], f"{sk}"))
                 srcs.append(SliceSource(model, lr, p.params(src.get("parameters"), f"{sk}.parameters", method, "model")))
@@ -287,9 +288,12 @@ def _check_group(
     if key != "models" and spec.needs_base and base not in ids:
         # mergekit adds a missing base only in the models form; a slice must list it as a source
         raise p.fail(f"{key}.sources", f"base model {base} is not a source", "add it with the same layer_range as the others")
-    inputs = ids + ([base] if base and base not in ids else [])
+    # mergekit adds a missing base to the models form only; a passthrough slice ignores the base
+    adds_base = base and base not in ids and not (spec.layer_paths and key != "models")
+    inputs = ids + ([base] if adds_base else [])
     if spec.exact_inputs is not None and len(inputs) != spec.exact_inputs:
-        raise p.fail(key, f"{method} merges exactly {spec.exact_inputs} models (base included), got {len(inputs)}", "list the base and one other model")
+        fix = "give each slice one source (stack models with several slices)" if spec.layer_paths else "list the base and one other model"
+        raise p.fail(key, f"{method} merges exactly {spec.exact_inputs} models (base included), got {len(inputs)}", fix)
     if len([m for m in inputs if m != base]) < spec.min_non_base:
         raise p.fail(key, f"{method} needs at least {spec.min_non_base} models besides the base", "add fine-tuned models")
     for name, default in spec.global_params.items():

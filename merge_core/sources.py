@@ -105,9 +105,11 @@ class Sources:
         """One tensor of one source (CPU, stored dtype); a tied source's head is its embedding."""
         return self.models[model_id].get(name)
 
-    def output_config(self, dtype: torch.dtype) -> dict:
-        """The output's config.json contents: the base's, with the tie flag per the tied rule and the output dtype."""
+    def output_config(self, dtype: torch.dtype, num_layers: int | None = None) -> dict:
+        """The output's config.json: the base's, with the tie flag per the tied rule, the output dtype and depth."""
         config = strip_remote_code(self.base_config)
+        if num_layers is not None and num_layers != self.num_layers:
+            config = with_depth(config, self.architecture.num_layers_key, num_layers)
         config["tie_word_embeddings"] = self.output_tied
         config["dtype"] = str(dtype).removeprefix("torch.")
         config.pop("torch_dtype", None)
@@ -117,6 +119,18 @@ class Sources:
     def num_layers(self) -> int:
         """Decoder layers of the output (the sources all have this many)."""
         return self.architecture.num_layers(self.base_config)
+
+
+def with_depth(config: dict, key: str, num_layers: int) -> dict:
+    """`config` for a model of `num_layers` decoder layers (a per-layer `layer_types` list follows the path's length)."""
+    config = dict(config, **{key: num_layers})
+    types = config.get("layer_types")
+    if isinstance(types, list) and types:
+        if len(set(types)) != 1:
+            raise UserError(f"config.json: layer_types mixes {sorted(set(types))}; a layer path of such a model is not "
+                            "supported, merge it with the models form instead")
+        config["layer_types"] = [types[0]] * num_layers
+    return config
 
 
 def _check_configs(models: dict[str, Checkpoint], base_id: str, where: str) -> Architecture:

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from merge_core.errors import UserError
 from merge_core.live import resolve_device, resolve_dtype
-from merge_core.plan import merge_tensor, plan_tensors
+from merge_core.plan import merge_tensor, output_layers, plan_tensors
 from merge_core.recipe import Recipe, recipe_to_dict
 from merge_core.sources import Sources
 from merge_core.tokenizer import TOKENIZER_FILES, copy_tokenizer_files  # noqa: F401  (TOKENIZER_FILES: re-export)
@@ -177,7 +177,7 @@ def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progr
 
 
 def _write_metadata(recipe: Recipe, sources: Sources, tmp: Path, dtype: torch.dtype, card_extra: str) -> None:
-    config = sources.output_config(dtype)
+    config = sources.output_config(dtype, output_layers(recipe, sources.num_layers))
     _write_json(tmp / "config.json", config)
     base_dir = sources.models[sources.base_id].path
     gen = base_dir / "generation_config.json"

@@ -48,6 +48,8 @@ class MethodSpec:
     base_needs: tuple[str, ...] = field(default=())
     # fn takes inputs in their stored dtype (upcasting a row chunk at a time) and an `out=` tensor to fill
     streams: bool = False
+    # slices may repeat source layers and set the output's depth (mergekit's passthrough); the base is ignored there
+    layer_paths: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {}
