@@ -63,7 +63,17 @@ def merge_into(model: PreTrainedModel, recipe: Recipe, sources: Sources, cache: 
 
     With `cache`, source tensors are kept on the model's device after the first call, so later candidates
     merge without reading the checkpoints again (memory: the sources' total size, in their stored dtype).
+    A passthrough recipe (a layer path, any depth) is applied by merge_core.path: its layers are views of the
+    cached sources, only scaled tensors get their own storage.
     """
+    from merge_core.methods import METHODS
+    from merge_core.path import apply_path, restore_own_storage
+
+    if METHODS[recipe.merge_method].layer_paths:
+        # a layer path changes the depth: layers become views of the cached sources (merge_core.path)
+        apply_path(model, recipe, sources)
+        return
+    restore_own_storage(model, sources)  # a model that ran a path must not write into the cached sources
     plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
     params = dict(model.named_parameters(remove_duplicate=False))
     missing = [p.out_name for p in plans if p.out_name not in params]

@@ -26,7 +26,7 @@ def _rand(seed: int, shape: tuple[int, ...] = SHAPE) -> torch.Tensor:
 
 
 def _inputs(method: str, equal: bool = False) -> tuple[dict[str, torch.Tensor], str]:
-    n = 2 if METHODS[method].exact_inputs == 2 else 3
+    n = METHODS[method].exact_inputs or 3
     base = _rand(0)
     tensors = {"base": base}
     for i in range(1, n):
@@ -54,7 +54,12 @@ def test_contract(method: str) -> None:
     out = _call(method, tensors, base)
     assert torch.equal(torch.get_rng_state(), rng_before), "methods must not touch the global RNG"
     assert out.shape == SHAPE and out.dtype == torch.float32 and torch.isfinite(out).all()
-    assert not torch.allclose(out, tensors[base]), "a real merge moves away from the base"
+    if spec.layer_paths:  # passthrough copies its one input, times `scale` where one applies
+        assert torch.equal(out, tensors[base])
+        scaled = spec.fn(tensors, base, {base: {"scale": 0.5}}, {}, None)
+        assert torch.equal(scaled, tensors[base] * 0.5)
+    else:
+        assert not torch.allclose(out, tensors[base]), "a real merge moves away from the base"
 
     same, _ = _inputs(method, equal=True)
     torch.testing.assert_close(_call(method, same, base), same[base], rtol=0, atol=1e-6)
