@@ -22,6 +22,11 @@ LLAMA32_ROPE = {
     "high_freq_factor": 4.0,
     "original_max_position_embeddings": 8192,
 }
+# Real Llama 3.2 shapes (vocab 128256, tied); tests keep hidden sizes real and cut layers and vocab.
+LLAMA32_SHAPES = {
+    "1B": {"layers": 16, "hidden": 2048, "intermediate": 8192, "heads": 32, "kv_heads": 8, "vocab": 128256},
+    "3B": {"layers": 28, "hidden": 3072, "intermediate": 8192, "heads": 24, "kv_heads": 8, "vocab": 128256},
+}
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|unk|>", "<|pad|>"]
 BOS_ID, EOS_ID, UNK_ID, PAD_ID = range(4)
 _CHARS = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
