@@ -6,12 +6,13 @@ import json
 import math
 import random
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import jinja2
 import torch
+
+from merge_core.files import make_temp_dir, share_tree
 
 from evolve.errors import UserError
 from evolve.smollm2 import replace_dir, write_manifest
@@ -148,13 +149,14 @@ def finetune(
            "threads": torch.get_num_threads()}
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, f".{out_dir.name}-")
     try:
         model.to("cpu").save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / TRAINING_LOG).write_text(json.dumps(log) + "\n", encoding="utf-8")
         if manifest is not None:
             write_manifest(tmp, manifest)
+        share_tree(tmp)  # safetensors writes 0600
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

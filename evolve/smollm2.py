@@ -6,9 +6,10 @@ import hashlib
 import importlib.util
 import json
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
+
+from merge_core.files import make_temp_dir, share_tree
 
 from evolve.errors import UserError
 
@@ -71,7 +72,7 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
     if not model.config.tie_word_embeddings:
         raise RuntimeError(f"{gguf}: expected tied embeddings in SmolLM2-135M-Instruct")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".base-", dir=cache_dir))
+    tmp = make_temp_dir(cache_dir, ".base-")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -82,6 +83,7 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
         # specialists key their cache on the exact base weights; the probe lets anyone re-check the conversion
         write_manifest(tmp, {**manifest, "weights_sha256": file_sha256(tmp / "model.safetensors"),
                              "probe": {"text": PROBE, "last_logits_top8": top8(reference)}})
+        share_tree(tmp)  # safetensors writes 0600: others on the machine may read the cache too
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from merge_core.errors import UserError
+from merge_core.files import share_tree
 from merge_core.synthetic import LLAMA32_ROPE
 
 # Bump when training or data layout changes, so every cache built by older code is rebuilt.
@@ -244,6 +245,7 @@ def prepare(cache_dir: Path, *, seed: int = 0, progress: bool = True, **options:
         tmp = _build(cache_dir, seed, opts, progress)
     finally:
         torch.set_num_threads(threads)
+    share_tree(tmp)  # safetensors writes 0600
     # Drop the manifest first: a kill between the renames below then leaves a cache that rebuilds, never a mixed one.
     (cache_dir / "manifest.json").unlink(missing_ok=True)
     weights = {}

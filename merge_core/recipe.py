@@ -7,7 +7,6 @@ path is meant relative to the recipe file's folder, which `Recipe.root` records 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -382,15 +381,7 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.dump(recipe_to_dict(recipe), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
-    from merge_core.writer import remove_stale_temps, temp_tag
+    from merge_core.files import atomic_write_text, remove_stale_temps
 
     remove_stale_temps(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{temp_tag()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, text)

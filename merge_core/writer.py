@@ -5,9 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
-import socket
 from pathlib import Path
 
 import torch
@@ -15,6 +13,7 @@ import yaml
 from safetensors.torch import save_file
 
 from merge_core.errors import UserError
+from merge_core.files import atomic_write_text, file_mode, glob_escape, remove_stale_temps, temp_tag  # noqa: F401 (re-exported)
 from merge_core.live import resolve_device, resolve_dtype
 from merge_core.plan import merge_tensor, output_layers, plan_tensors
 from merge_core.recipe import Recipe, recipe_to_dict
@@ -34,47 +33,6 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     if out.is_dir() and any(out.iterdir()) and CARD_MARKER not in _read(out / "README.md"):
         raise UserError(f"out: {out} is a non-empty folder not written by evolve-merge; choose a new or empty folder")
     return out
-
-
-def temp_tag() -> str:
-    """`<pid>@<host>`: names this process's temp files, so a later run can tell a dead writer's leftovers."""
-    return f"{os.getpid()}@{socket.gethostname().split('.')[0]}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `path` through a temp file named with temp_tag(), then rename: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temps(folder: str | os.PathLike, name: str) -> list[Path]:
-    """Remove `.<name>.*<pid>@<host>*` temp entries in `folder` left by dead processes of this host (kill -9)."""
-    folder, host, removed = Path(folder), socket.gethostname().split(".")[0], []
-    if not folder.is_dir():
-        return removed
-    for entry in folder.glob(f".{glob_escape(name)}.*"):
-        m = re.search(r"(\d+)@([\w-]+)", entry.name[len(name) + 2:])
-        # temps of other machines (a shared out_dir) may belong to a live writer there: left alone
-        if m and m.group(2) == host and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
-
-
-def glob_escape(text: str) -> str:
-    """`text` with glob wildcards escaped."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 def _read(path: Path) -> str:
@@ -126,15 +84,6 @@ def write_model(
     return out
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _umask_mode()
-
-
 def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progress) -> None:
     from tqdm.auto import tqdm
 
@@ -149,7 +98,7 @@ def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progr
             count += 1
             path = tmp / f"shard-{count}.partial"
             save_file(shard, str(path), metadata={"format": "pt"})
-            path.chmod(_FILE_MODE)  # safetensors creates 0600 files; give shards the same mode as the rest
+            path.chmod(file_mode())  # safetensors creates 0600 files; give shards the same mode as the rest
         shard, shard_bytes = {}, 0
 
     for plan in tqdm(plans, desc="merging", unit="tensor", disable=not progress):
