@@ -1,9 +1,14 @@
 """`evolve eval model=DIR tasks=[a,b] [split=dev|test] [batch_size=8] [device=auto] [limit=N] [dtype=float32] [out=FILE.json]
-[include_path=DIR]` (default: the eval_tasks folder)."""
+[include_path=DIR]` (default: the eval_tasks folder).
+
+The JSON goes beside the model folder, never into it (a model folder holds the model only, so it can be copied or
+uploaded as is): `DIR_eval_<split>.json` by default, e.g. `runs/demo/best/model_eval_test.json`.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from merge_core.writer import atomic_write_text
@@ -30,9 +35,11 @@ def run(args: list[str]) -> int:
     dtype = str(opts.get("dtype", "float32"))
     if dtype not in DTYPES:
         raise UserError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
-    out = Path(str(opts.get("out") or model_dir / f"eval_{split}.json"))
+    out = Path(str(opts["out"])) if opts.get("out") else default_out(model_dir, split)
     if not out.parent.is_dir():
         raise UserError(f"out: folder {out.parent} does not exist; create it or choose another out=FILE.json")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"out: folder {out.parent} is not writable; choose another out=FILE.json")
 
     include_path = opts.get("include_path")
     if include_path is not None and not Path(str(include_path)).is_dir():
@@ -69,6 +76,12 @@ def run(args: list[str]) -> int:
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def default_out(model_dir: Path, split: str) -> Path:
+    """`<model folder>_eval_<split>.json` beside the model folder (outside it)."""
+    model_dir = model_dir.resolve()
+    return model_dir.with_name(f"{model_dir.name}_eval_{split}.json")
 
 
 def check_model_folder(model_dir: Path) -> None:

@@ -35,12 +35,15 @@ def test_eval_prints_table_and_writes_json(tiny_models: dict[str, Path], tmp_pat
     assert not list(tmp_path.glob(".*tmp"))
 
 
-def test_default_output_goes_beside_the_model(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    """Without out=, the report is <model>/eval_<split>.json."""
+def test_default_output_goes_beside_the_model(tiny_models: dict[str, Path], tmp_path: Path, capsys) -> None:
+    """Without out=, the report is <model>_eval_<split>.json beside the folder; the folder itself is untouched."""
     model = tmp_path / "m"
     shutil.copytree(tiny_models["base"], model)
+    before = sorted(p.name for p in model.iterdir())
     assert main(["eval", f"model={model}", "tasks=[retention]", "limit=4"]) == 0
-    assert json.loads((model / "eval_dev.json").read_text())["n_items"] == {"retention_dev": 4}
+    assert json.loads((tmp_path / "m_eval_dev.json").read_text())["n_items"] == {"retention_dev": 4}
+    assert sorted(p.name for p in model.iterdir()) == before
+    assert f"wrote {tmp_path / 'm_eval_dev.json'}" in capsys.readouterr().out
 
 
 def _one_line_exit_2(args: list[str], capsys, *needles: str) -> None:
