@@ -71,7 +71,7 @@ def objective_values(cfg: DictConfig, scores: dict[str, float]) -> list[float]:
 
 def resolve_models(cfg: DictConfig, progress: bool = True) -> tuple[str, list[str]]:
     """Base and source model ids/folders: run the preparer if set, then check every model is reachable."""
-    from merge_core.sources import resolve_model_path
+    from merge_core.sources import locate_model
 
     named: dict[str, Path] = {}
     if cfg.models.prepare:
@@ -84,7 +84,7 @@ def resolve_models(cfg: DictConfig, progress: bool = True) -> tuple[str, list[st
     for key, name in keys:
         model_id = str(named[name].resolve()) if name in named else str(name)
         try:
-            resolve_model_path(model_id, None, key)
+            locate_model(model_id, None, key)
         except UserError:
             raise UserError(
                 f"{key}: model {name!r} is not on this machine (no folder, not in the Hugging Face cache; "

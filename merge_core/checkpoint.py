@@ -50,6 +50,7 @@ class Checkpoint:
         self.path = Path(path)
         if not self.path.is_dir():
             raise UserError(f"{self.path}: model folder not found; give the path of a local Hugging Face model folder")
+        self.cache_key = str(self.path)  # names this source in device caches (a LoRA source names base+adapter)
         self.config: dict = _read_json(self.path / "config.json")
         tie = self.config.get("tie_word_embeddings")
         self.tied: bool = default_tied(self.config.get("model_type")) if tie is None else bool(tie)
@@ -166,6 +167,11 @@ class Checkpoint:
         if file in self._pickled:
             return self._pickled[file][name].dtype
         return _SAFETENSORS_DTYPES.get(self._handles[file].get_slice(name).get_dtype(), torch.float32)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """Where this model's tokenizer files are."""
+        return self.path
 
     @property
     def files(self) -> list[Path]:

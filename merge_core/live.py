@@ -93,7 +93,7 @@ def _cached_fetch(sources: Sources, device: torch.device) -> Callable[[str, str]
 
     def fetch(model_id: str, name: str) -> torch.Tensor:
         ck = sources.models[model_id]
-        key = (str(ck.path), ck.resolve(name), str(device))
+        key = (ck.cache_key, ck.resolve(name), str(device))
         tensor = store.get(key)
         if tensor is None:
             tensor = store[key] = ck.get(name).to(device)

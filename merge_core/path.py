@@ -32,7 +32,7 @@ def _live_fetch(sources: Sources, device: torch.device, dtype: torch.dtype) -> C
     def fetch(model_id: str, name: str) -> torch.Tensor:
         ck = sources.models[model_id]
         # merge_into's key (checkpoint, resolved name, device): a tied head shares its embedding's copy
-        key = (str(ck.path), ck.resolve(name), str(device))
+        key = (ck.cache_key, ck.resolve(name), str(device))
         tensor = store.get(key)
         if tensor is None or tensor.dtype != dtype:
             typed = key + (str(dtype),)

@@ -51,6 +51,17 @@ def resolve_model_path(model_id: str, recipe_dir: Path | None, where: str) -> Pa
     raise UserError(f"{where}: model folder {model_id!r} not found (looked for {tried}); fix the path in the recipe")
 
 
+def locate_model(model_id: str, recipe_dir: Path | None, where: str) -> tuple[Path, Path | None]:
+    """(model folder, adapter folder or None) of a model id; `<base>+<adapter>` is a LoRA adapter on its base."""
+    from merge_core.lora import is_lora_id, split_lora_id
+
+    direct = Path(model_id).expanduser()
+    if is_lora_id(model_id) and not (direct.is_absolute() and direct.is_dir()):
+        base, adapter = split_lora_id(model_id)
+        return resolve_model_path(base, recipe_dir, where), resolve_model_path(adapter, recipe_dir, f"{where}: adapter")
+    return resolve_model_path(model_id, recipe_dir, where), None
+
+
 def has_nonfinite(tensor: torch.Tensor) -> bool:
     """True if any element is NaN or +-inf (checked in chunks to bound scratch memory)."""
     flat = tensor.reshape(-1)
@@ -88,13 +99,15 @@ class Sources:
         """Open every model of `recipe` once and validate them all; raises UserError before any merging."""
         root = Path(recipe_dir) if recipe_dir is not None else recipe.root
         where = recipe.where
+        from merge_core.lora import LoraCheckpoint
+
         opened: dict[Path, Checkpoint] = {}
         models: dict[str, Checkpoint] = {}
         for model_id in recipe.model_ids():
-            path = resolve_model_path(model_id, root, where)
+            path, adapter = locate_model(model_id, root, where)
             if path not in opened:
                 opened[path] = Checkpoint(path, allow_pickle=allow_pickle)
-            models[model_id] = opened[path]
+            models[model_id] = opened[path] if adapter is None else LoraCheckpoint(opened[path], adapter, model_id, where)
         base_id = recipe.base_model or recipe.model_ids()[0]
         arch = _check_configs(models, base_id, where)
         _check_weights(models, arch, where, check_finite)
@@ -198,12 +211,12 @@ def _check_weights(models: dict[str, Checkpoint], arch: Architecture, where: str
 def _tokenizer_path(recipe: Recipe, models: dict[str, Checkpoint], base_id: str, root: Path | None, where: str) -> Path:
     source = recipe.tokenizer_source
     if source in (None, "base"):
-        return models[base_id].path
+        return models[base_id].tokenizer_dir
     if source == "union":
         raise UserError(f"{where}: tokenizer_source: 'union' is not supported; use base or one model's id")
     if source in models:
-        return models[source].path
+        return models[source].tokenizer_dir
     return resolve_model_path(source, root, f"{where}: tokenizer_source")
 
 
-__all__ = ["HEAD", "SHAPE_KEYS", "Sources", "has_nonfinite", "resolve_model_path"]
+__all__ = ["HEAD", "SHAPE_KEYS", "Sources", "has_nonfinite", "locate_model", "resolve_model_path"]

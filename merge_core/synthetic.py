@@ -224,3 +224,49 @@ def _finish_shards(out: Path, names: list[tuple[str, int]], count: int, total: i
         files[i] = final
     index = {"metadata": {"total_size": total}, "weight_map": {n: files[i] for n, i in names}}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def make_lora_adapter(
+    base: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    targets: tuple[str, ...] = ("q_proj", "v_proj", "up_proj"),
+    r: int = 4,
+    alpha: float = 8,
+    seed: int = 0,
+    scale: float = 0.05,
+    add_tokens: tuple[str, ...] = (),
+    **lora_options,
+) -> Path:
+    """A PEFT LoRA adapter folder on `base`, saved by peft, with random nonzero A and B (peft is needed here only).
+
+    `add_tokens` adds tokens to base's tokenizer, grows the embedding (new rows random) and saves it as a
+    modules_to_save copy plus the tokenizer in the adapter folder, as a fine-tune that added tokens would.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(path)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    gen = torch.Generator().manual_seed(seed)
+    if add_tokens:
+        tokenizer.add_tokens(list(add_tokens))
+        old = model.get_input_embeddings().weight.shape[0]
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb[old:] = 0.02 * torch.randn(emb[old:].shape, generator=gen)
+        lora_options.setdefault("modules_to_save", ["embed_tokens"])
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.1, **lora_options)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.copy_(scale * torch.randn(param.shape, generator=gen))
+            elif "modules_to_save" in name:
+                param.add_(0.01 * torch.randn(param.shape, generator=gen))
+    peft_model.save_pretrained(out)
+    if add_tokens:
+        tokenizer.save_pretrained(out)
+    return out
