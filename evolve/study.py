@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import re
 import time
 import warnings
 from dataclasses import dataclass
@@ -18,9 +17,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evolve.errors import UserError
-
-JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
-RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+from evolve.storage_check import cannot_open, check_storage_url, is_journal, no_driver, repair_journal
 
 
 def storage_url(cfg: DictConfig) -> str:
@@ -30,19 +27,28 @@ def storage_url(cfg: DictConfig) -> str:
     return f"sqlite:///{Path(cfg.out_dir).resolve() / 'study.db'}"
 
 
+def storage_file(cfg: DictConfig) -> Path | None:
+    """The local file holding the study (SQLite database or journal), None for a database server."""
+    url = storage_url(cfg)
+    if is_journal(url):
+        return Path(url)
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
 def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
     """RDB storage or a journal file, both with heartbeats (a killed worker's trial is failed and retried)."""
     url = storage_url(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if url.endswith(JOURNAL_SUFFIXES) and "://" not in url:
+        if is_journal(url):
             Path(url).parent.mkdir(parents=True, exist_ok=True)
+            repair_journal(Path(url))  # before the first append: a torn tail would corrupt the journal for good
             return HeartbeatJournalStorage(
                 JournalFileBackend(url), heartbeat_interval=int(cfg.heartbeat_interval),
                 grace_period=int(cfg.grace_period),
                 callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
             )
-        check_storage(cfg)
+        check_storage_url(url)
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         try:
             with _creation_lock(url):
@@ -55,15 +61,11 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
                     _use_wal(storage)
                 return storage
         except ImportError as exc:
-            raise UserError(f"storage: no database driver for {_redact(url)} ({exc.__cause__ or exc}); install it: "
-                            "pip install psycopg2-binary and write postgresql+psycopg2://... (plain postgresql:// "
-                            "means psycopg 3 in SQLAlchemy 2.1+)") from None
+            raise no_driver(url, exc) from None
         except Exception as exc:  # sqlalchemy's OperationalError and friends: server down, bad password, no db
             if type(exc).__module__.split(".")[0] != "sqlalchemy":
                 raise
-            first = " ".join(str(getattr(exc, "orig", exc)).split())[:200]
-            raise UserError(f"storage: cannot open {_redact(url)} ({first}); check the URL, server and "
-                            "credentials") from None
+            raise cannot_open(url, exc) from None
 
 
 def _use_wal(storage: optuna.storages.RDBStorage) -> None:
@@ -84,18 +86,8 @@ def _use_wal(storage: optuna.storages.RDBStorage) -> None:
 
 
 def check_storage(cfg: DictConfig) -> None:
-    """A storage value must be a journal file path or a database URL of a known scheme."""
-    url = storage_url(cfg)
-    if url.endswith(JOURNAL_SUFFIXES) and "://" not in url:
-        return
-    if url.split(":", 1)[0].split("+", 1)[0] not in RDB_SCHEMES:
-        raise UserError(f"storage: {_redact(url)!r} is neither a database URL ({', '.join(RDB_SCHEMES)}) nor a "
-                        f"journal file ({', '.join(JOURNAL_SUFFIXES)}); e.g. storage=runs/x/journal.log")
-
-
-def _redact(url: str) -> str:
-    """The URL without its password (error messages end up in logs)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The config's storage, checked in full before any model is opened (see evolve.storage_check)."""
+    check_storage_url(storage_url(cfg))
 
 
 HEARTBEAT_ATTR = "evolve:heartbeat"

@@ -74,7 +74,9 @@ def _run_hydra(cargs: ConfArgs) -> int:
             cfg = _job_config(cfg, cargs.multirun)
             validate(cfg, cargs.label)
             run_search(cfg)
-        except UserError as exc:  # Hydra would print a traceback and exit 1; we want one line and exit 2
+        except Exception as exc:  # noqa: BLE001 - Hydra would print its own traceback and exit 1
+            # re-raised after Hydra returns, so the CLI maps it like any command's error (one line for bad input,
+            # a full disk or permissions; a real traceback for our bugs). Ctrl-C/SIGTERM pass straight through.
             errors.append(exc)
 
     main = hydra.main(version_base="1.3", config_path=str(cargs.config_dir), config_name=cargs.config_name)(task)
