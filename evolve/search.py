@@ -96,8 +96,6 @@ def resolve_models(cfg: DictConfig, progress: bool = True) -> tuple[str, list[st
 
 def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = None) -> World:
     """Prepare/open the models, build the live model and the Evaluator once for the whole search."""
-    from transformers import AutoTokenizer
-
     from merge_core.live import build_live_model
     from merge_core.recipe import parse_recipe
     from merge_core.sources import Sources
@@ -112,7 +110,7 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
     if n_layers is None:  # a hub id: the layer count is only known once opened
         genome = declare(cfg.method, cfg.genome, n_layers=opened.num_layers, base=base, sources=sources)
     model = build_live_model(opened, cfg.device, cfg.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(str(opened.tokenizer_path), trust_remote_code=False)
+    tokenizer = opened.output_tokenizer()  # a union tokenizer exists only in memory until export
     if evaluator_factory is None:
         evaluator_factory = load_evaluator(cfg.tasks.evaluator)
     t = cfg.tasks

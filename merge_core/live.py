@@ -81,10 +81,26 @@ def merge_into(model: PreTrainedModel, recipe: Recipe, sources: Sources, cache: 
         raise UserError(f"{recipe.where}: the live model has no parameter {missing[0]}; build it with build_live_model(sources)")
     device = next(iter(params.values())).device
     fetch = _cached_fetch(sources, device) if cache else sources.get
+    align = _cached_align(sources) if cache else sources.align
     with torch.no_grad():
         for plan in plans:
             # streaming methods write row chunks straight into the parameter: no whole-tensor float32 copy
-            merge_tensor(plan, fetch, recipe.seed, device, out=params[plan.out_name].data)
+            merge_tensor(plan, fetch, recipe.seed, device, out=params[plan.out_name].data, align=align)
+
+
+def _cached_align(sources: Sources) -> Callable:
+    # Re-indexed embedding/head rows depend only on the sources: computed once per search, like the fetches.
+    store = sources.device_cache
+
+    def align(plan, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if sources.vocabulary is None or plan.kind not in ("embed", "head"):
+            return tensors
+        key = ("aligned", plan.out_name, tuple(tensors), str(next(iter(tensors.values())).device))
+        if key not in store:
+            store[key] = sources.align(plan, tensors)
+        return store[key]
+
+    return align
 
 
 def _cached_fetch(sources: Sources, device: torch.device) -> Callable[[str, str], torch.Tensor]:

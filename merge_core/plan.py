@@ -178,10 +178,16 @@ def merge_tensor(
     seed: int,
     device: torch.device | str = "cpu",
     out: torch.Tensor | None = None,
+    align: Callable[[TensorPlan, dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
-    """Fetch the plan's inputs, merge them in float32 on `device`; return the float32 result, or `out` filled with it."""
+    """Fetch the plan's inputs, merge them in float32 on `device`; return the float32 result, or `out` filled with it.
+
+    `align` (Sources.align) re-indexes embedding/head rows to the output tokenizer before merging.
+    """
     spec = METHODS[plan.method]
     tensors = {m: fetch(m, name).to(device=device) for m, name in plan.inputs.items()}
+    if align is not None:
+        tensors = align(plan, tensors)
     if not spec.streams:  # streaming methods upcast a chunk at a time instead of whole tensors
         tensors = {m: v.to(torch.float32) for m, v in tensors.items()}
     shapes = {m: tuple(v.shape) for m, v in tensors.items()}

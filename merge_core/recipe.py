@@ -15,6 +15,7 @@ import yaml
 
 from merge_core.errors import UserError
 from merge_core.methods import BOOL_PARAMS, METHODS, PARAM_BOUNDS, REQUIRED
+from merge_core.tokenizer import TokenizerBlock, check_chat_template, parse_tokenizer_block, tokenizer_block_to_dict
 
 Scalar = Union[int, float, bool, str]
 
@@ -71,6 +72,7 @@ class Recipe:
     out_dtype: str | None = None
     tokenizer_source: str | None = None
     chat_template: str | None = None
+    tokenizer: TokenizerBlock | None = None
     seed: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
     root: Path | None = field(default=None, compare=False)
@@ -89,7 +91,7 @@ class Recipe:
 
 TOP_KEYS = (
     "merge_method", "base_model", "models", "slices", "parameters", "dtype",
-    "out_dtype", "tokenizer_source", "chat_template", "evolve_merge",
+    "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "evolve_merge",
 )
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -258,9 +260,11 @@ def parse_recipe(data: Any, where: str = "recipe", root: Path | None = None) -> 
     tok = data.get("tokenizer_source")
     if tok is not None and not isinstance(tok, str):
         raise p.fail("tokenizer_source", f"{tok!r} is not a string", "write base, union or a model id")
+    block = parse_tokenizer_block(data["tokenizer"], where) if data.get("tokenizer") is not None else None
     chat = data.get("chat_template")
     if chat is not None and not isinstance(chat, str):
         raise p.fail("chat_template", f"{chat!r} is not a string", "write a template name or Jinja text")
+    check_chat_template(chat, where)
     extra = data.get("evolve_merge") or {}
     if not isinstance(extra, dict):
         raise p.fail("evolve_merge", "expected a mapping", "write seed: INT plus provenance keys")
@@ -270,7 +274,7 @@ def parse_recipe(data: Any, where: str = "recipe", root: Path | None = None) -> 
     return Recipe(
         merge_method=method, models=models, slices=slices, base_model=base, parameters=glob,
         dtype=dtypes["dtype"], out_dtype=dtypes["out_dtype"], tokenizer_source=tok, chat_template=chat,
-        seed=seed, provenance={k: v for k, v in extra.items() if k != "seed"}, root=root, where=where,
+        tokenizer=block, seed=seed, provenance={k: v for k, v in extra.items() if k != "seed"}, root=root, where=where,
     )
 
 
@@ -362,6 +366,8 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template"):
         if getattr(recipe, key) is not None:
             out[key] = getattr(recipe, key)
+    if recipe.tokenizer is not None:
+        out["tokenizer"] = tokenizer_block_to_dict(recipe.tokenizer)
     out["evolve_merge"] = {"seed": recipe.seed, **recipe.provenance}
     return out
 

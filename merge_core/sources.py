@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,6 +14,7 @@ from merge_core.checkpoint import HEAD, Checkpoint
 from merge_core.compat import check_agreement, check_float, strip_remote_code
 from merge_core.errors import UserError
 from merge_core.recipe import Recipe
+from merge_core.vocab import Vocabulary, vocab_source
 
 # Config keys that must agree between every source (the output is built from one config).
 SHAPE_KEYS = (
@@ -87,6 +89,8 @@ class Sources:
         self.output_tied: bool = all(ck.tied for ck in models.values())
         # (checkpoint path, stored name, device) -> tensor, filled by live.merge_into's cached fetch
         self.device_cache: dict[tuple[str, str, str], torch.Tensor] = {}
+        # set when the recipe names a tokenizer source: embedding/head rows are re-indexed to its tokens (vocab.py)
+        self.vocabulary: Vocabulary | None = None
 
     @classmethod
     def open(
@@ -109,10 +113,41 @@ class Sources:
                 opened[path] = Checkpoint(path, allow_pickle=allow_pickle)
             models[model_id] = opened[path] if adapter is None else LoraCheckpoint(opened[path], adapter, model_id, where)
         base_id = recipe.base_model or recipe.model_ids()[0]
-        arch = _check_configs(models, base_id, where)
-        _check_weights(models, arch, where, check_finite)
+        source, block = vocab_source(recipe)
+        from merge_core.methods import METHODS
+
+        if source is not None and METHODS[recipe.merge_method].layer_paths:
+            raise UserError(f"{where}: tokenizer_source: not supported with {recipe.merge_method} (layer paths) yet; "
+                            "stack models that share a vocabulary, without tokenizer_source")
+        arch = _check_configs(models, base_id, where, aligned=source is not None)
+        _check_weights(models, arch, where, check_finite, aligned=source is not None)
         tokenizer_path = _tokenizer_path(recipe, models, base_id, root, where)
-        return cls(models, base_id, arch, tokenizer_path, where)
+        opened_sources = cls(models, base_id, arch, tokenizer_path, where)
+        if source is not None:
+            opened_sources.vocabulary = Vocabulary.build(source, block, models, base_id, tokenizer_path, where)
+        return opened_sources
+
+    def align(self, plan: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A plan's fetched inputs, embedding/head rows re-indexed to the output tokenizer when there is one."""
+        if self.vocabulary is None or plan.kind not in ("embed", "head"):
+            return tensors
+        return self.vocabulary.align(plan.out_name, tensors, plan.base)
+
+    def output_shape(self, plan: Any) -> tuple[int, ...]:
+        """Shape of a plan's output tensor (embedding/head rows follow the output tokenizer)."""
+        model_id, name = next(iter(plan.inputs.items()))
+        shape = self.models[model_id].shape(name)
+        if self.vocabulary is not None and plan.kind in ("embed", "head"):
+            return (self.vocabulary.size, *shape[1:])
+        return shape
+
+    def output_tokenizer(self) -> Any:
+        """The output's tokenizer object (built for a union; loaded from the tokenizer folder otherwise)."""
+        if self.vocabulary is not None:
+            return self.vocabulary.tokenizer
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.tokenizer_path), trust_remote_code=False)
 
     def get(self, model_id: str, name: str) -> torch.Tensor:
         """One tensor of one source (CPU, stored dtype); a tied source's head is its embedding."""
@@ -124,6 +159,12 @@ class Sources:
         if num_layers is not None and num_layers != self.num_layers:
             config = with_depth(config, self.architecture.num_layers_key, num_layers)
         config["tie_word_embeddings"] = self.output_tied
+        if self.vocabulary is not None:  # rows follow the output tokenizer; special ids keep naming the same tokens
+            config["vocab_size"] = self.vocabulary.size
+            base_vocab = self.vocabulary.vocabs[self.base_id]
+            for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+                if config.get(key) is not None:
+                    config[key] = self.vocabulary.translate_ids(config[key], base_vocab)
         config["dtype"] = str(dtype).removeprefix("torch.")
         config.pop("torch_dtype", None)
         return config
@@ -146,7 +187,7 @@ def with_depth(config: dict, key: str, num_layers: int) -> dict:
     return config
 
 
-def _check_configs(models: dict[str, Checkpoint], base_id: str, where: str) -> Architecture:
+def _check_configs(models: dict[str, Checkpoint], base_id: str, where: str, aligned: bool = False) -> Architecture:
     base = models[base_id]
     arch = get_architecture(base.config)
     for model_id, ck in models.items():
@@ -164,6 +205,8 @@ def _check_configs(models: dict[str, Checkpoint], base_id: str, where: str) -> A
             if key == "num_key_value_heads":  # absent means plain multi-head attention
                 a = a or base.config.get("num_attention_heads")
                 b = b or ck.config.get("num_attention_heads")
+            if key == "vocab_size" and aligned:
+                continue  # rows are matched by token (vocab.py)
             if a != b and key == "vocab_size":
                 raise UserError(
                     f"{where}: models {base_id!r} and {model_id!r} differ in vocab_size ({a} vs {b}); "
@@ -178,7 +221,9 @@ def _check_configs(models: dict[str, Checkpoint], base_id: str, where: str) -> A
     return arch
 
 
-def _check_weights(models: dict[str, Checkpoint], arch: Architecture, where: str, check_finite: bool) -> None:
+def _check_weights(
+    models: dict[str, Checkpoint], arch: Architecture, where: str, check_finite: bool, aligned: bool = False
+) -> None:
     specs = arch.weights(next(iter(models.values())).config)
     seen: set[int] = set()
     shapes: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -191,7 +236,8 @@ def _check_weights(models: dict[str, Checkpoint], arch: Architecture, where: str
             check_float(ck.stored_dtype(spec.name), spec.name, model_id, ck.path, where)
             shape = ck.shape(spec.name)
             first = shapes.setdefault(spec.name, (shape, model_id))
-            if shape != first[0]:
+            vocab_axis = aligned and spec.kind in ("embed", "head")  # rows may differ: matched by token
+            if (shape[1:] != first[0][1:]) if vocab_axis else (shape != first[0]):
                 raise UserError(
                     f"{where}: {spec.name} has shape {list(first[0])} in {first[1]!r} but {list(shape)} in {model_id!r}; "
                     "merge models of the same size"
@@ -209,11 +255,9 @@ def _check_weights(models: dict[str, Checkpoint], arch: Architecture, where: str
 
 
 def _tokenizer_path(recipe: Recipe, models: dict[str, Checkpoint], base_id: str, root: Path | None, where: str) -> Path:
-    source = recipe.tokenizer_source
-    if source in (None, "base"):
+    source = vocab_source(recipe)[0]
+    if source in (None, "base", "union"):  # a union is built on the base's tokenizer
         return models[base_id].tokenizer_dir
-    if source == "union":
-        raise UserError(f"{where}: tokenizer_source: 'union' is not supported; use base or one model's id")
     if source in models:
         return models[source].tokenizer_dir
     return resolve_model_path(source, root, f"{where}: tokenizer_source")

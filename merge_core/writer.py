@@ -18,7 +18,7 @@ from merge_core.live import resolve_device, resolve_dtype
 from merge_core.plan import merge_tensor, output_layers, plan_tensors
 from merge_core.recipe import Recipe, recipe_to_dict
 from merge_core.sources import Sources
-from merge_core.tokenizer import TOKENIZER_FILES, copy_tokenizer_files  # noqa: F401  (TOKENIZER_FILES: re-export)
+from merge_core.tokenizer import TOKENIZER_FILES, chat_template_text, write_tokenizer_files  # noqa: F401  (re-export)
 
 CARD_MARKER = "<!-- written by evolve-merge -->"
 DEFAULT_SHARD_SIZE = 2 * 1000**3
@@ -65,6 +65,7 @@ def write_model(
     dev = resolve_device(device)
     out_dtype = resolve_dtype(dtype or recipe.out_dtype or recipe.dtype, sources.models[sources.base_id].dtype)
     plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
+    template = chat_template_text(recipe.chat_template, [ck.tokenizer_dir for ck in sources.models.values()])
 
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out.parent, out.name)
@@ -73,7 +74,7 @@ def write_model(
     tmp.mkdir()
     try:
         _write_tensors(plans, recipe, sources, tmp, shard_size, out_dtype, dev, progress)
-        _write_metadata(recipe, sources, tmp, out_dtype, card_extra)
+        _write_metadata(recipe, sources, tmp, out_dtype, card_extra, template)
         _swap_into_place(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -102,10 +103,9 @@ def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progr
         shard, shard_bytes = {}, 0
 
     for plan in tqdm(plans, desc="merging", unit="tensor", disable=not progress):
-        model_id, name = next(iter(plan.inputs.items()))
         # merged straight into the output dtype: streaming methods never hold the whole tensor in float32
-        out = torch.empty(sources.models[model_id].shape(name), dtype=dtype, device=device)
-        tensor = merge_tensor(plan, sources.get, recipe.seed, device, out=out).cpu().contiguous()
+        out = torch.empty(sources.output_shape(plan), dtype=dtype, device=device)
+        tensor = merge_tensor(plan, sources.get, recipe.seed, device, out=out, align=sources.align).cpu().contiguous()
         size = tensor.numel() * tensor.element_size()
         if shard and shard_bytes + size > shard_size:
             flush()
@@ -125,17 +125,27 @@ def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progr
     _write_json(tmp / "model.safetensors.index.json", index)
 
 
-def _write_metadata(recipe: Recipe, sources: Sources, tmp: Path, dtype: torch.dtype, card_extra: str) -> None:
+def _write_metadata(
+    recipe: Recipe, sources: Sources, tmp: Path, dtype: torch.dtype, card_extra: str, template: str | None = None
+) -> None:
     config = sources.output_config(dtype, output_layers(recipe, sources.num_layers))
     _write_json(tmp / "config.json", config)
     base_dir = sources.models[sources.base_id].path
     gen = base_dir / "generation_config.json"
-    if gen.is_file():
+    if gen.is_file() and sources.vocabulary is not None:  # special ids follow the output tokenizer
+        data = json.loads(gen.read_text(encoding="utf-8"))
+        base_vocab = sources.vocabulary.vocabs[sources.base_id]
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            if data.get(key) is not None:
+                data[key] = sources.vocabulary.translate_ids(data[key], base_vocab)
+        _write_json(tmp / "generation_config.json", data)
+    elif gen.is_file():
         shutil.copyfile(gen, tmp / "generation_config.json")
     else:
         derived = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
         _write_json(tmp / "generation_config.json", derived)
-    copy_tokenizer_files(sources.tokenizer_path, tmp)
+    built = sources.vocabulary.tokenizer if sources.vocabulary is not None else None
+    write_tokenizer_files(tmp, sources.tokenizer_path, built, template)
     (tmp / "README.md").write_text(model_card(recipe, sources, card_extra), encoding="utf-8")
 
 

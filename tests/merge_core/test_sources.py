@@ -50,8 +50,8 @@ def test_tokenizer_source(tiny_models, recipe_file):
     m = tiny_models
     src = _open(recipe_file, {**_linear(m["base"], m["ft_a"]), "tokenizer_source": str(m["ft_a"])})
     assert src.tokenizer_path == m["ft_a"].resolve()
-    with pytest.raises(UserError, match="tokenizer_source: 'union' is not supported"):
-        _open(recipe_file, {**_linear(m["base"], m["ft_a"]), "tokenizer_source": "union"})
+    union = _open(recipe_file, {**_linear(m["base"], m["ft_a"]), "tokenizer_source": "union"})
+    assert union.tokenizer_path == m["base"].resolve() and union.vocabulary.size == 128  # same tokens: same rows
 
 
 def test_hub_id_is_refused_without_download(tiny_models, recipe_file, tmp_path, monkeypatch):
