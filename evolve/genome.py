@@ -49,6 +49,7 @@ class Genome:
     genes: list[Gene]
     baseline: dict[str, float | None]
     options: dict[str, Any] = field(default_factory=dict)
+    tokenizer_source: str | None = None  # written into every recipe (vocabularies that differ)
 
     @property
     def n_groups(self) -> int:
@@ -132,6 +133,8 @@ class Genome:
         if parameters:
             recipe["parameters"] = parameters
         recipe["dtype"] = dtype
+        if self.tokenizer_source:
+            recipe["tokenizer_source"] = self.tokenizer_source
         if out_dtype:
             recipe["out_dtype"] = out_dtype
         recipe["evolve_merge"] = dict(provenance or {})
@@ -139,7 +142,7 @@ class Genome:
 
 
 def declare(method: DictConfig | dict, genome: DictConfig | dict, *, n_layers: int, base: str,
-            sources: list[str]) -> Genome:
+            sources: list[str], tokenizer_source: str | None = None) -> Genome:
     """The one declaration of the search space for a method config, genome config and model shape."""
     method = OmegaConf.to_container(method, resolve=True) if isinstance(method, DictConfig) else dict(method)
     genome = OmegaConf.to_container(genome, resolve=True) if isinstance(genome, DictConfig) else dict(genome)
@@ -161,5 +164,5 @@ def declare(method: DictConfig | dict, genome: DictConfig | dict, *, n_layers: i
     return Genome(
         method=method["name"], base=base if uses_base else None, sources=list(sources), n_layers=n_layers,
         group_size=group_size, split=split, genes=genes, baseline=dict(method.get("baseline") or {}),
-        options=dict(method.get("options") or {}),
+        options=dict(method.get("options") or {}), tokenizer_source=tokenizer_source,
     )

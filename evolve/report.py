@@ -41,7 +41,8 @@ def _rows_to_score(cfg: DictConfig, study: optuna.Study, world: Any) -> list[tup
         rows.append((f"base ({name})" if src == base else name, "source", parse_recipe(data, where=f"source {src}")))
     for name in BASELINES:
         method = yaml.safe_load((conf_pkg.PATH / "method" / f"{name}.yaml").read_text())
-        bg = declare(method, world.cfg.genome, n_layers=g.n_layers, base=base, sources=g.sources)
+        bg = declare(method, world.cfg.genome, n_layers=g.n_layers, base=base, sources=g.sources,
+                     tokenizer_source=g.tokenizer_source)
         data = bg.recipe_dict(bg.baselines()[0], {"seed": int(cfg.seed)}, dtype="float32")
         rows.append((f"{name} (untuned)", "baseline", parse_recipe(data, where=f"baseline {name}")))
     return rows
@@ -232,4 +233,5 @@ def _light_world(cfg: DictConfig, study: optuna.Study) -> Any:
 
     base, sources = resolve_models(cfg, progress=False)
     n_layers = int(Checkpoint(Path(base)).config["num_hidden_layers"])
-    return SimpleNamespace(genome=declare(cfg.method, cfg.genome, n_layers=n_layers, base=base, sources=sources))
+    return SimpleNamespace(genome=declare(cfg.method, cfg.genome, n_layers=n_layers, base=base, sources=sources,
+                                          tokenizer_source=cfg.models.get("tokenizer_source")))

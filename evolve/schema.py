@@ -38,7 +38,9 @@ class ModelsConf:
     cache_dir: str = ".cache/evolve/models"
     seed: int = 0  # seed of the models a preparer makes; apart from the search's seed so seed sweeps share one cache
     base: str = MISSING
-    sources: List[str] = MISSING
+    sources: List[str] = MISSING  # folders, HF ids, prepared names or `<base>+<LoRA adapter folder>`
+    # how vocabularies that differ are reconciled (mergekit's tokenizer_source): null (must agree), base, union or a model
+    tokenizer_source: Optional[str] = None
 
 
 @dataclass

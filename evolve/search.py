@@ -104,11 +104,13 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
     from merge_core.checkpoint import Checkpoint
 
     n_layers = int(Checkpoint(Path(base)).config["num_hidden_layers"]) if Path(base).is_dir() else None
-    genome = declare(cfg.method, cfg.genome, n_layers=n_layers or 1, base=base, sources=sources)
+    tok_source = cfg.models.get("tokenizer_source")
+    genome = declare(cfg.method, cfg.genome, n_layers=n_layers or 1, base=base, sources=sources, tokenizer_source=tok_source)
     first = parse_recipe(genome.recipe_dict(genome.baselines()[0], {"seed": cfg.seed}), where="search")
     opened = Sources.open(first)
     if n_layers is None:  # a hub id: the layer count is only known once opened
-        genome = declare(cfg.method, cfg.genome, n_layers=opened.num_layers, base=base, sources=sources)
+        genome = declare(cfg.method, cfg.genome, n_layers=opened.num_layers, base=base, sources=sources,
+                         tokenizer_source=tok_source)
     model = build_live_model(opened, cfg.device, cfg.dtype)
     tokenizer = opened.output_tokenizer()  # a union tokenizer exists only in memory until export
     if evaluator_factory is None:

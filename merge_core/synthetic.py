@@ -270,3 +270,32 @@ def make_lora_adapter(
     if add_tokens:
         tokenizer.save_pretrained(out)
     return out
+
+
+def with_added_tokens(src: str | os.PathLike, path: str | os.PathLike, tokens: tuple[str, ...], *, seed: int = 0,
+                      special: bool = True) -> Path:
+    """A copy of model folder `src` whose tokenizer gained `tokens` and whose embedding (and untied head) gained one
+    random row each, vocab_size updated: a fine-tune that added tool or chat tokens."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from merge_core.checkpoint import EMBED, HEAD
+
+    src, out = Path(src), Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(src)
+    tok.add_tokens(list(tokens), special_tokens=special)
+    tensors = load_file(str(src / "model.safetensors"))
+    for name in (EMBED, HEAD):
+        if name in tensors:
+            old = tensors[name]
+            extra = 0.02 * torch.randn((len(tok) - old.shape[0], old.shape[1]), generator=_generator(seed, name))
+            tensors[name] = torch.cat([old, extra.to(old.dtype)]).contiguous()
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((src / "config.json").read_text())
+    config["vocab_size"] = len(tok)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if (src / "generation_config.json").is_file():
+        (out / "generation_config.json").write_text((src / "generation_config.json").read_text())
+    tok.save_pretrained(out)
+    return out
