@@ -81,3 +81,11 @@ def test_llama32_without_models_says_how_to_point_at_local_copies(tmp_path, caps
 def test_every_shipped_config_composes(name, tmp_path):
     cfg, _ = load_config([f"conf={name}", f"out_dir={tmp_path}"])
     assert cfg.study_name and cfg.n_trials >= 1 and cfg.models.sources
+
+
+def test_llama32_lora_example_names_its_missing_sources(tmp_path, capsys):
+    cfg, _ = load_config(["conf=llama32_lora", f"out_dir={tmp_path}"])
+    assert cfg.models.tokenizer_source == "union" and "+" in cfg.models.sources[1]
+    assert main(["search", "conf=llama32_lora", f"out_dir={tmp_path / 'o'}", "device=cpu", "progress=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "models." in err and "is not on this machine" in err
