@@ -71,6 +71,7 @@ def objective_values(cfg: DictConfig, scores: dict[str, float]) -> list[float]:
 
 def resolve_models(cfg: DictConfig, progress: bool = True) -> tuple[str, list[str]]:
     """Base and source model ids/folders: run the preparer if set, then check every model is reachable."""
+    from merge_core.lora import is_lora_id, split_lora_id
     from merge_core.sources import locate_model
 
     named: dict[str, Path] = {}
@@ -83,6 +84,9 @@ def resolve_models(cfg: DictConfig, progress: bool = True) -> tuple[str, list[st
     resolved = []
     for key, name in keys:
         model_id = str(named[name].resolve()) if name in named else str(name)
+        if is_lora_id(str(name)) and split_lora_id(str(name))[0] in named:  # `<prepared name>+<adapter folder>`
+            base_name, adapter = split_lora_id(str(name))
+            model_id = f"{named[base_name].resolve()}+{adapter}"
         try:
             locate_model(model_id, None, key)
         except UserError:

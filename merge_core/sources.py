@@ -120,11 +120,13 @@ class Sources:
             raise UserError(f"{where}: tokenizer_source: not supported with {recipe.merge_method} (layer paths) yet; "
                             "stack models that share a vocabulary, without tokenizer_source")
         arch = _check_configs(models, base_id, where, aligned=source is not None)
-        _check_weights(models, arch, where, check_finite, aligned=source is not None)
+        _check_weights(models, arch, where, aligned=source is not None)
         tokenizer_path = _tokenizer_path(recipe, models, base_id, root, where)
         opened_sources = cls(models, base_id, arch, tokenizer_path, where)
         if source is not None:
             opened_sources.vocabulary = Vocabulary.build(source, block, models, base_id, tokenizer_path, where)
+        if check_finite:  # last: the only check that reads tensor data
+            _check_finite(models, arch, where)
         return opened_sources
 
     def align(self, plan: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -221,11 +223,9 @@ def _check_configs(models: dict[str, Checkpoint], base_id: str, where: str, alig
     return arch
 
 
-def _check_weights(
-    models: dict[str, Checkpoint], arch: Architecture, where: str, check_finite: bool, aligned: bool = False
-) -> None:
+def _check_weights(models: dict[str, Checkpoint], arch: Architecture, where: str, aligned: bool = False) -> None:
+    """Header-level checks of every model (tensors present, float dtypes, shapes agree); reads no tensor data."""
     specs = arch.weights(next(iter(models.values())).config)
-    seen: set[int] = set()
     shapes: dict[str, tuple[tuple[int, ...], str]] = {}
     for model_id, ck in models.items():
         for spec in specs:
@@ -242,7 +242,14 @@ def _check_weights(
                     f"{where}: {spec.name} has shape {list(first[0])} in {first[1]!r} but {list(shape)} in {model_id!r}; "
                     "merge models of the same size"
                 )
-        if check_finite and id(ck) not in seen:
+
+
+def _check_finite(models: dict[str, Checkpoint], arch: Architecture, where: str) -> None:
+    """Read every tensor once per checkpoint: NaN or inf refused (after every header-level check passed)."""
+    specs = arch.weights(next(iter(models.values())).config)
+    seen: set[int] = set()
+    for model_id, ck in models.items():
+        if id(ck) not in seen:
             seen.add(id(ck))
             for spec in specs:
                 if spec.kind == "head" and ck.tied or not ck.has(spec.name):

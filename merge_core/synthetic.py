@@ -247,8 +247,8 @@ def make_lora_adapter(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = Path(path)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
     gen = torch.Generator().manual_seed(seed)
     if add_tokens:
         tokenizer.add_tokens(list(add_tokens))
@@ -283,7 +283,7 @@ def with_added_tokens(src: str | os.PathLike, path: str | os.PathLike, tokens: t
 
     src, out = Path(src), Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(src)
+    tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
     tok.add_tokens(list(tokens), special_tokens=special)
     tensors = load_file(str(src / "model.safetensors"))
     for name in (EMBED, HEAD):

@@ -106,7 +106,7 @@ class Vocabulary:
         elif source == "union":
             out = _union(base_tok, tokenizers, sizes)
         else:
-            out = tokenizers.get(source) or _load(source_dir)
+            out = tokenizers[source] if source in tokenizers else _load(source_dir)
         if block and block.tokens:
             out.add_tokens([t for t, _ in block.tokens if t not in out.get_vocab()])
         vocab = out.get_vocab()

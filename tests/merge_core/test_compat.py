@@ -85,7 +85,7 @@ def test_max_positions_is_a_warning(tiny_models, tmp_path, caplog):
     assert sources.output_config(torch.float32)["max_position_embeddings"] == 131072
 
 
-def test_integer_tensor_refused(tiny_models, tmp_path, recipe_file, capsys):
+def test_integer_tensor_refused(tiny_models, tmp_path, recipe_file, capsys, monkeypatch):
     dst = tmp_path / "quant"
     shutil.copytree(tiny_models["ft_a"], dst)
     tensors = load_file(str(dst / "model.safetensors"))
@@ -93,11 +93,13 @@ def test_integer_tensor_refused(tiny_models, tmp_path, recipe_file, capsys):
     tensors[name] = (tensors[name] * 1000).to(torch.int32)
     save_file(tensors, str(dst / "model.safetensors"))
     out = tmp_path / "out"
+    reads = []
+    monkeypatch.setattr("merge_core.checkpoint.Checkpoint.get", lambda self, name: reads.append(name))
     capsys.readouterr()
     assert main(["merge", f"recipe={recipe_file(_ties(tiny_models['base'], dst))}", f"out={out}", "device=cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{name} is stored as I32, not a float" in err and str(dst) in err
-    assert not out.exists()
+    assert reads == [] and not out.exists()  # refused from the header, before the base's tensors are scanned
 
 
 def test_auto_map_never_reaches_the_output(tiny_models, tmp_path, recipe_file):

@@ -147,3 +147,29 @@ def test_block_round_trips_and_unknown_token_model_refused(vocab_models, tmp_pat
     bad = parse_recipe(_ties(m, "added", tokenizer={"tokens": {"<|tool|>": {"source": str(m["padded"]), "force": True}}}))
     with pytest.raises(UserError, match=r"tokenizer.tokens\['<\|tool\|>'\].source: model .*padded.* is not one the recipe merges"):
         Sources.open(bad)
+
+
+def test_tokenizer_source_with_passthrough_refused(vocab_models):
+    m = vocab_models
+    recipe = parse_recipe({"merge_method": "passthrough", "tokenizer_source": "union", "dtype": "float32",
+                           "slices": [{"sources": [{"model": str(m["base"]), "layer_range": [0, 2]}]}]})
+    with pytest.raises(UserError, match="tokenizer_source: not supported with passthrough"):
+        Sources.open(recipe)
+
+
+def test_token_listed_without_source_gets_the_default_rule(vocab_models, tmp_path):
+    from transformers import AutoTokenizer
+
+    m = vocab_models
+    recipe = parse_recipe(_ties(m, "added", tokenizer={"source": "base", "tokens": {"<|tool|>": {}, "<|fresh|>": {}}}))
+    sources = Sources.open(recipe)
+    out = write_model(recipe, sources, tmp_path / "out", progress=False)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.convert_tokens_to_ids(["<|tool|>", "<|fresh|>"]) == [128, 129] and sources.vocabulary.size == 130
+    from merge_core.checkpoint import Checkpoint
+    from safetensors.torch import load_file
+
+    embed = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
+    added = Checkpoint(m["added"]).get("model.embed_tokens.weight")
+    # <|tool|> only in `added`: its row there (both inputs get it, so ties keeps it); <|fresh|> in no model: zeros
+    assert torch.allclose(embed[128], added[128], atol=1e-6) and torch.count_nonzero(embed[129]) == 0
