@@ -148,6 +148,7 @@ def validate(cfg: DictConfig, where: str) -> None:
     _check(cfg.optimizer.name in OPTIMIZERS, where, "optimizer.name", f"= {cfg.optimizer.name}; choose {', '.join(OPTIMIZERS)}")
     _check(cfg.pruner.name in PRUNERS, where, "pruner.name", f"= {cfg.pruner.name}; choose {', '.join(PRUNERS)}")
     _check(cfg.genome.layer_group_size >= 1, where, "genome.layer_group_size", "must be >= 1")
+    _check_genome(cfg.genome, where)
     models = cfg.models
     _check(len(models.sources) >= 1, where, "models.sources", "must name at least one source model")
     _check(len(set(models.sources)) == len(models.sources), where, "models.sources", "names a model twice")
@@ -175,6 +176,32 @@ def validate(cfg: DictConfig, where: str) -> None:
         _check(len(models.sources) == 1, where, "models.sources", "slerp merges the base with exactly one source")
     if cfg.optimizer.multi_objective:
         _check(len(tasks.names) >= 2, where, "optimizer", f"{cfg.optimizer.name} is multi-objective and needs >= 2 tasks")
+
+
+GENOMES = ("ps", "dfs", "ps_dfs")
+_DFS_KEYS = ("repeats", "layer_range", "fixed_first", "fixed_last", "max_depth", "scale_low", "scale_high")
+
+
+def _check_genome(g: DictConfig, where: str) -> None:
+    """genome.kind and the keys of its option: dfs keys under ps (or ps_trials outside ps_dfs) are errors."""
+    _check(g.kind in GENOMES, where, "genome.kind", f"= {g.kind}; choose genome=ps, genome=dfs or genome=ps_dfs")
+    unused = [k for k in _DFS_KEYS if g.kind == "ps" and g.get(k) is not None]
+    unused += ["ps_trials"] if g.kind != "ps_dfs" and g.get("ps_trials") is not None else []
+    _check(not unused, where, f"genome.{unused[0] if unused else ''}",
+           f"is not used by genome={g.kind}; remove it or choose genome=dfs / genome=ps_dfs")
+    if g.kind == "ps":
+        return
+    for key in ("repeats", "fixed_first", "fixed_last"):
+        _check(g.get(key) is not None and g[key] >= (1 if key == "repeats" else 0), where, f"genome.{key}",
+               f"= {g.get(key)} must be an integer >= {1 if key == 'repeats' else 0}")
+    _check(g.max_depth is None or g.max_depth >= 1, where, "genome.max_depth", "must be >= 1 or null (= 2x the base's depth)")
+    lr = g.layer_range
+    _check(lr is None or (len(lr) == 2 and 0 <= lr[0] < lr[1]), where, "genome.layer_range",
+           f"= {lr} must be [start, end] with 0 <= start < end (or null = all layers)")
+    _check(g.scale_low is not None and g.scale_high is not None and 0 < g.scale_low <= g.scale_high, where,
+           "genome.scale_low/scale_high", "must satisfy 0 < scale_low <= scale_high (equal = no scale genes)")
+    if g.kind == "ps_dfs":
+        _check(g.ps_trials is not None and g.ps_trials >= 1, where, "genome.ps_trials", "must be >= 1 under genome=ps_dfs")
 
 
 def _probe_writable(out: Path) -> None:

@@ -50,6 +50,7 @@ class Genome:
     baseline: dict[str, float | None]
     options: dict[str, Any] = field(default_factory=dict)
     tokenizer_source: str | None = None  # written into every recipe (vocabularies that differ)
+    kind: str = "ps"
 
     @property
     def n_groups(self) -> int:
@@ -88,6 +89,10 @@ class Genome:
         if self.options.get("normalize", False) or "weight" not in {g.param for g in self.genes}:
             points = points[:1]
         return points
+
+    def opening_recipe(self, provenance: dict[str, Any]) -> dict[str, Any]:
+        """A recipe naming every model (opening its sources opens them all)."""
+        return self.recipe_dict(self.baselines()[0], provenance)
 
     def layer_values(self, params: dict[str, float]) -> dict[str, dict[int | None, dict[str, list[float]]]]:
         """Per-layer values: param -> source index (None = shared) -> part -> list (one per layer; embed: [x])."""
@@ -166,3 +171,15 @@ def declare(method: DictConfig | dict, genome: DictConfig | dict, *, n_layers: i
         group_size=group_size, split=split, genes=genes, baseline=dict(method.get("baseline") or {}),
         options=dict(method.get("options") or {}), tokenizer_source=tokenizer_source,
     )
+
+
+def make_genome(method: DictConfig | dict, genome: DictConfig | dict, *, n_layers: int, base: str,
+                sources: list[str], tokenizer_source: str | None = None, extra_stacks: list[str] | None = None) -> Any:
+    """The genome of `genome.kind`: a PS Genome (declare) or a DfsGenome (evolve.dfs; ps_dfs's DFS stage too)."""
+    g = OmegaConf.to_container(genome, resolve=True) if isinstance(genome, DictConfig) else dict(genome)
+    if g.get("kind", "ps") == "ps":
+        return declare(method, g, n_layers=n_layers, base=base, sources=sources, tokenizer_source=tokenizer_source)
+    from evolve.dfs import declare_dfs
+
+    return declare_dfs(g, n_layers=n_layers, base=base, sources=sources, extra_stacks=extra_stacks,
+                       tokenizer_source=tokenizer_source)

@@ -41,8 +41,8 @@ def _rows_to_score(cfg: DictConfig, study: optuna.Study, world: Any) -> list[tup
         rows.append((f"base ({name})" if src == base else name, "source", parse_recipe(data, where=f"source {src}")))
     for name in BASELINES:
         method = yaml.safe_load((conf_pkg.PATH / "method" / f"{name}.yaml").read_text())
-        bg = declare(method, world.cfg.genome, n_layers=g.n_layers, base=base, sources=g.sources,
-                     tokenizer_source=g.tokenizer_source)
+        bg = declare(method, {**world.cfg.genome, "kind": "ps"}, n_layers=g.n_layers, base=base, sources=g.sources,
+                     tokenizer_source=cfg.models.get("tokenizer_source"))
         data = bg.recipe_dict(bg.baselines()[0], {"seed": int(cfg.seed)}, dtype="float32")
         rows.append((f"{name} (untuned)", "baseline", parse_recipe(data, where=f"baseline {name}")))
     return rows
@@ -164,6 +164,11 @@ def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[P
     written.append(_save(fig, out / "history.png"))
 
     best = pick_trial(study, "best")
+    if getattr(world.genome, "kind", "ps") != "ps":  # a layer path: which model and layer each position takes
+        from evolve.path_plot import path_figure
+
+        written.append(_save(path_figure(world.genome, best.params, f"best path (trial {best.number})"), out / "path.png"))
+        return written + _pareto(cfg, study, done, out) if multi else written
     lv = world.genome.layer_values(best.params)
     labels, matrix = [], []
     for param, by_src in lv.items():
@@ -181,16 +186,21 @@ def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[P
     fig.colorbar(im, ax=ax)
     written.append(_save(fig, out / "recipe_heatmap.png"))
 
-    if multi:
-        fig, ax = plt.subplots(figsize=(5, 5))
-        front = {t.number for t in study.best_trials}
-        for t in done:
-            ax.scatter(t.values[0], t.values[1], c="C3" if t.number in front else "C0", s=14)
-        ax.set_xlabel(cfg.tasks.names[0])
-        ax.set_ylabel(cfg.tasks.names[1])
-        ax.set_title("Pareto front (red)")
-        written.append(_save(fig, out / "pareto.png"))
-    return written
+    return written + _pareto(cfg, study, done, out) if multi else written
+
+
+def _pareto(cfg: DictConfig, study: optuna.Study, done: list, out: Path) -> list[Path]:
+    """The Pareto front of the first two tasks (multi-objective studies)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    front = {t.number for t in study.best_trials}
+    for t in done:
+        ax.scatter(t.values[0], t.values[1], c="C3" if t.number in front else "C0", s=14)
+    ax.set_xlabel(cfg.tasks.names[0])
+    ax.set_ylabel(cfg.tasks.names[1])
+    ax.set_title("Pareto front (red)")
+    return [_save(fig, out / "pareto.png")]
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -208,7 +218,7 @@ def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None) -> str:
     """Write report/ (results.json, results.md, plots); returns the markdown tables."""
     out = Path(cfg.out_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "results.md", "history.png", "recipe_heatmap.png", "pareto.png"):
+    for name in ("results.json", "results.md", "history.png", "recipe_heatmap.png", "path.png", "pareto.png"):
         remove_stale_temps(out, name)  # left by a run killed mid-write
     rows = collect_rows(cfg, study, world)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
@@ -228,10 +238,10 @@ def _light_world(cfg: DictConfig, study: optuna.Study) -> Any:
 
     from merge_core.checkpoint import Checkpoint
 
-    from evolve.genome import declare
+    from evolve.genome import make_genome
     from evolve.search import resolve_models
 
     base, sources = resolve_models(cfg, progress=False)
     n_layers = int(Checkpoint(Path(base)).config["num_hidden_layers"])
-    return SimpleNamespace(genome=declare(cfg.method, cfg.genome, n_layers=n_layers, base=base, sources=sources,
-                                          tokenizer_source=cfg.models.get("tokenizer_source")))
+    return SimpleNamespace(genome=make_genome(cfg.method, cfg.genome, n_layers=n_layers, base=base, sources=sources,
+                                              tokenizer_source=cfg.models.get("tokenizer_source")))

@@ -78,10 +78,22 @@ class PrunerConf:
 
 @dataclass
 class GenomeConf:
-    """Granularity of the search space."""
+    """The search space: `ps` per-layer merge parameters, `dfs` layer paths, `ps_dfs` a PS search then a DFS one."""
 
+    kind: str = "ps"
+    # ps (and ps_dfs's first stage): granularity of the per-layer parameters
     layer_group_size: int = 1
     split_attn_mlp: bool = False
+    # dfs / ps_dfs only (null under ps; see conf/genome/dfs.yaml and evolve/dfs.py)
+    repeats: Optional[int] = None
+    layer_range: Optional[List[int]] = None
+    fixed_first: Optional[int] = None
+    fixed_last: Optional[int] = None
+    max_depth: Optional[int] = None
+    scale_low: Optional[float] = None
+    scale_high: Optional[float] = None
+    # ps_dfs only: trials of the PS stage (n_trials counts the DFS stage)
+    ps_trials: Optional[int] = None
 
 
 @dataclass

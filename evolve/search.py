@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from evolve.errors import RunFailed, UserError
-from evolve.genome import Genome, declare
+from evolve.genome import Genome, make_genome
 from evolve.study import TrialProgress, budget_state, check_storage, make_pruner, make_sampler, open_study
 
 log = logging.getLogger(__name__)
@@ -109,12 +109,13 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
 
     n_layers = int(Checkpoint(Path(base)).config["num_hidden_layers"]) if Path(base).is_dir() else None
     tok_source = cfg.models.get("tokenizer_source")
-    genome = declare(cfg.method, cfg.genome, n_layers=n_layers or 1, base=base, sources=sources, tokenizer_source=tok_source)
-    first = parse_recipe(genome.recipe_dict(genome.baselines()[0], {"seed": cfg.seed}), where="search")
+    genome = make_genome(cfg.method, cfg.genome, n_layers=n_layers or 1, base=base, sources=sources,
+                         tokenizer_source=tok_source)
+    first = parse_recipe(genome.opening_recipe({"seed": cfg.seed}), where="search")
     opened = Sources.open(first)
     if n_layers is None:  # a hub id: the layer count is only known once opened
-        genome = declare(cfg.method, cfg.genome, n_layers=opened.num_layers, base=base, sources=sources,
-                         tokenizer_source=tok_source)
+        genome = make_genome(cfg.method, cfg.genome, n_layers=opened.num_layers, base=base, sources=sources,
+                             tokenizer_source=tok_source)
     model = build_live_model(opened, cfg.device, cfg.dtype)
     tokenizer = opened.output_tokenizer()  # a union tokenizer exists only in memory until export
     if evaluator_factory is None:
@@ -300,6 +301,8 @@ def run_search(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = N
         # many threads on a tiny model (or a shared machine) spend more time in sync than in math
         torch.set_num_threads(int(cfg.threads))
     check_before_loading(cfg, evaluator_factory)
+    if cfg.genome.kind == "ps_dfs":
+        raise UserError("genome=ps_dfs: the two-stage search is not available in this build; run genome=ps, then genome=dfs")
     world = build_world(cfg, evaluator_factory)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     study = start_study(cfg, world.genome)
