@@ -160,6 +160,12 @@ def validate(cfg: DictConfig, where: str) -> None:
     _check(tasks.batch_size >= 1, where, "tasks.batch_size", "must be >= 1")
     _check(tasks.limit is None or tasks.limit >= 1, where, "tasks.limit", "must be >= 1 or null")
     _check(tasks.test_limit is None or tasks.test_limit >= 1, where, "tasks.test_limit", "must be >= 1 or null")
+    _check(tasks.split.dev_size >= 1, where, "tasks.split.dev_size", "must be >= 1; e.g. tasks.split.dev_size=500")
+    _check(0 < tasks.split.dev_fraction < 1, where, "tasks.split.dev_fraction", "must be in (0, 1); e.g. 0.5")
+    for folder in tasks.include_path:
+        _check(Path(str(folder)).expanduser().is_dir(), where, "tasks.include_path",
+               f"= {folder} is not a folder; give folders of lm-eval task YAMLs")
+    _check(cfg.select.top_k >= 1, where, "select.top_k", f"= {cfg.select.top_k} must be >= 1 (1 = no re-scoring)")
     stages = list(tasks.stages)
     _check(len(stages) >= 1 and all(0 < s <= 1 for s in stages) and stages == sorted(set(stages)) and stages[-1] == 1.0,
            where, "tasks.stages", f"= {stages} must increase strictly within (0, 1] and end at 1.0")

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from evolve.errors import UserError
-from evolve.tasks import load_tasks, quiet, resolve
+from evolve.splits import SplitRule
+from evolve.tasks import TaskRef, load_tasks, quiet, resolve
 
 log = logging.getLogger(__name__)
 FEWSHOT_SEED = 1234  # lm-eval's CLI default, so few-shot tasks draw the same examples
@@ -51,13 +52,15 @@ class EvalResult:
 class _TaskRun:
     """A built task: its documents in evaluation order and their Instances, grouped per document."""
 
-    name: str
+    name: str  # the score key (TaskRef.key)
     task: Any
     metric: str
     filter: str
     order: list[int]  # doc ids, seeded-shuffled or in file order, cut to `limit`
     docs: dict[int, dict]
     instances: dict[int, list[Any]]
+    ref: TaskRef | None = None
+    split_ids: dict[str, list[int]] | None = None  # a partitioned task's dev and test ids (evolve.splits)
     stage_ends: list[int] = field(default_factory=list)
 
 
@@ -79,6 +82,7 @@ class Evaluator:
         stages: Sequence[float] = (1.0,),
         allow_test: bool = False,
         max_length: int | None = None,
+        split_rule: SplitRule | None = None,
     ) -> None:
         """Validate arguments, wrap the model, load the tasks and build every request (no model call yet)."""
         stages = tuple(float(s) for s in stages)
@@ -90,42 +94,81 @@ class Evaluator:
             raise UserError(f"batch_size: {batch_size!r} must be a positive integer")
         refs = resolve(tasks, split, include_path=include_path, allow_test=allow_test)
         built = load_tasks(refs, include_path)
+        self.split_rule = split_rule or SplitRule()
         with quiet("lm_eval"):  # lm-eval warns that a model object bypasses its loading arguments
             self.lm = _make_lm(model, tokenizer, pick_device(device), batch_size, max_length)
 
         self.model = model
         self.stages = stages
         self.oom_retries = 0  # batch-size halvings so far (the HFLM keeps the smaller size)
-        self.runs = [self._build(name, task, limit, subset_seed) for name, task in built.items()]
+        by_name = {r.name: r for r in refs}
+        self.runs = [self._build(name, task, limit, subset_seed, by_name.get(name)) for name, task in built.items()]
         self._ll_tokens = {
             id(inst): self._encode_pair(*inst.args) for run in self.runs for insts in run.instances.values()
             for inst in insts if inst.request_type == "loglikelihood"
         }
 
-    def _build(self, name: str, task: Any, limit: int | None, subset_seed: int | None) -> _TaskRun:
-        """Build all requests of one task once and fix the order in which its documents are scored."""
+    def _build(self, name: str, task: Any, limit: int | None, subset_seed: int | None, ref: TaskRef | None) -> _TaskRun:
+        """Build the requests of the documents to score once and fix the order in which they are scored.
+
+        A partitioned task's requests are built by lm-eval's own document selection (`samples`, what
+        `lm_eval --samples` uses) over its split's ids only: the other split's documents are never turned into
+        requests, and a full split scores exactly as `lm_eval --samples '{task: ids}'` does.
+        """
         if task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=FEWSHOT_SEED)
-        task.build_all_requests(rank=0, world_size=1)
+        split_ids, selected = None, None
+        if ref is not None and not ref.pair:
+            dev, test = self.split_rule.partition(name, len(task.eval_docs))
+            split_ids = {"dev": dev, "test": test}
+            selected = list(split_ids[ref.split])
+            if subset_seed is not None:
+                random.Random(subset_seed).shuffle(selected)
+            selected = selected[:limit] if limit else selected
+        key = ref.key if ref is not None else name
+        if selected is None:
+            task.build_all_requests(rank=0, world_size=1)
+            ids = None
+        else:
+            ids = sorted(selected)  # lm-eval enumerates the chosen documents in their own order
+            task.build_all_requests(rank=0, world_size=1, samples=ids)
+        true_id = (lambda pos: pos) if ids is None else ids.__getitem__
         instances: dict[int, list[Any]] = {}
         for inst in task.instances:
-            instances.setdefault(inst.doc_id, []).append(inst)
+            instances.setdefault(true_id(inst.doc_id), []).append(inst)
         for insts in instances.values():
             insts.sort(key=lambda i: i.idx)
-        docs = dict(task.doc_iterator())
-        order = sorted(docs)
-        if subset_seed is not None:
-            random.Random(subset_seed).shuffle(order)
-        order = order[:limit] if limit else order
+        docs = {true_id(pos): doc for pos, doc in task.doc_iterator(samples=ids)}
+        if selected is None:
+            order = sorted(docs)
+            if subset_seed is not None:
+                random.Random(subset_seed).shuffle(order)
+            order = order[:limit] if limit else order
+        else:
+            order = selected
         if not order:
-            raise UserError(f"tasks: {name} has no items; check its data files")
+            raise UserError(f"tasks: {key} has no items; check its data files")
         _memoize_choices(task, docs.values())
         metric = task.config.metric_list[0]["metric"] if task.config.metric_list else next(iter(task.aggregation()))
         filters = getattr(task, "_filters", None) or []
-        run = _TaskRun(name, task, metric, filters[0].name if filters else "none", order, docs, instances)
+        run = _TaskRun(key, task, metric, filters[0].name if filters else "none", order, docs, instances, ref, split_ids)
         run.stage_ends = [max(1, math.ceil(s * len(order) - 1e-9)) for s in self.stages]
         return run
+
+    @property
+    def splits(self) -> dict[str, dict[str, Any]]:
+        """Task as requested -> its lm-eval task, split, scored doc ids, and (partitioned) both splits' ids."""
+        out = {}
+        for run in self.runs:
+            ref = run.ref
+            entry: dict[str, Any] = {"lm_eval_task": ref.name if ref else run.name, "key": run.name,
+                                     "split": ref.split if ref else None, "ids": sorted(run.order),
+                                     "partitioned": bool(run.split_ids), "builtin": bool(ref and ref.builtin)}
+            if run.split_ids:
+                entry.update(run.split_ids)
+            out[ref.request if ref else run.name] = entry
+        return out
 
     @property
     def metrics(self) -> dict[str, str]:

@@ -45,28 +45,52 @@ def test_evaluator(world: Any) -> Any:
     """A held-out (test split) Evaluator on the live model, built once per world."""
     ev = getattr(world, "test_evaluator", None)
     if ev is None:
+        from evolve.search import eval_options
+
         factory = type(world.evaluator)
         t = world.cfg.tasks
         ev = factory(world.model, world.tokenizer, list(t.names), split="test", batch_size=t.batch_size,
-                     device=world.cfg.device, limit=t.test_limit, subset_seed=None, stages=[1.0], allow_test=True)
+                     device=world.cfg.device, limit=t.test_limit, subset_seed=None, stages=[1.0], allow_test=True,
+                     **eval_options(world.cfg))
         world.test_evaluator = ev
     return ev
 
 
 def dev_test_scores(world: Any, recipe: Any) -> dict[str, float]:
-    """Merge `recipe` into the live model and score it on the full dev and test splits (lm-eval task names)."""
+    """Merge `recipe` into the live model and score it on every dev document and the held-out test (score keys)."""
     from merge_core.live import merge_into
 
+    from evolve.select import full_dev_evaluator
+
     merge_into(world.model, recipe, world.sources)
-    scores = dict(world.evaluator.evaluate().scores)
+    scores = dict(full_dev_evaluator(world).evaluate().scores)
     scores.update(test_evaluator(world).evaluate().scores)
     return {k: float(v) for k, v in scores.items()}
 
 
-def _card(trial: FrozenTrial, scores: dict[str, float], study_name: str) -> str:
-    lines = [f"## Evolved merge: study `{study_name}`, trial {trial.number}", "",
-             "| task (lm-eval name) | score |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(scores.items())]
+def score_metrics(world: Any) -> dict[str, str]:
+    """Score key -> the primary metric it holds, for the dev and test evaluators of a world."""
+    from evolve.select import full_dev_evaluator
+
+    metrics = dict(getattr(full_dev_evaluator(world), "metrics", {}) or {})
+    metrics.update(getattr(test_evaluator(world), "metrics", {}) or {})
+    return metrics
+
+
+def _card(cfg: DictConfig, trial: FrozenTrial, scores: dict[str, float], metrics: dict[str, str],
+          selection: dict | None) -> str:
+    """The model card's evolve section: which trial, how it was chosen, each score with its split and metric."""
+    lines = [f"## Evolved merge: study `{cfg.study_name}`, trial {trial.number}", ""]
+    if selection:
+        lines += [f"Chosen by re-scoring the top {selection['top_k']} trials of the search on all dev documents "
+                  "(select.top_k) and keeping the best; the held-out test played no part in the choice.", ""]
+    lines += ["| score | split | metric | value |", "|---|---|---|---|"]
+    for key in sorted(scores, key=lambda k: (not k.endswith("_dev"), k)):
+        split = "dev (searched)" if key.endswith("_dev") else "test (held out)" if key.endswith("_test") else "-"
+        lines.append(f"| {key} | {split} | {metrics.get(key, '-')} | {scores[key]:.4f} |")
+    lines += ["", "Held out: an eval_tasks task's `<task>_test` items, or, for any other task (an lm-eval built-in or "
+              "a task folder of the user), the test documents of a seeded partition of its evaluation documents "
+              "(`report/splits.json`; dev and test never share a document). The search scored dev documents only."]
     return "\n".join(lines) + "\n"
 
 
@@ -78,12 +102,16 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
 
     from evolve.search import trial_recipe
 
-    trial = pick_trial(study, which)
+    trial = pick_trial(study, which)  # a bad trial=N, or no complete trial, fails before anything is written
     out = Path(out) if out is not None else Path(cfg.out_dir) / "best"
     if out.exists() and not out.is_dir():
         raise UserError(f"out: {out} is a file; give a folder path")
     check_out_dir(out / "model")
     out.mkdir(parents=True, exist_ok=True)  # a read-only or full disk fails here, before any model is loaded
+    if which == "best":
+        from evolve.select import best_trial
+
+        trial, world = best_trial(cfg, study, world)  # the top trials re-scored on all dev documents
     world = ensure_world(cfg, world)
     cache_key = f"scores:trial{trial.number}"
     scores = study.user_attrs.get(cache_key)
@@ -92,7 +120,7 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
         study.set_user_attr(cache_key, scores)
     recipe = trial_recipe(world, trial.params, trial.number, scores={k: round(v, 6) for k, v in scores.items()})
     write_model(recipe, world.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
-                card_extra=_card(trial, scores, cfg.study_name))
+                card_extra=_card(cfg, trial, scores, score_metrics(world), study.user_attrs.get("selection")))
     # the recipe last: a recipe.yaml beside a model means that model was finished (both are rewritten by a rerun)
     save_recipe(recipe, out / "recipe.yaml")
     return out

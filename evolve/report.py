@@ -16,20 +16,21 @@ from optuna.trial import TrialState
 
 import conf as conf_pkg
 from merge_core.writer import atomic_write_text, remove_stale_temps, temp_tag
-from evolve.export import dev_test_scores, ensure_world, pick_trial
+from evolve.export import dev_test_scores, ensure_world, test_evaluator
+from evolve.select import best_trial, full_dev_evaluator
 
 BASELINES = ("task_arithmetic", "ties", "dare_ties")  # untuned merges every report compares against
-REPORT_ROWS_VERSION = 2  # bump when the set of rows changes, so cached reports gain the new rows
+REPORT_ROWS_VERSION = 3  # bump when the set of rows (or how they are scored) changes, so cached reports redo them
+SPLITS_ATTR = "splits"
 
 
-def _rows_to_score(cfg: DictConfig, study: optuna.Study, world: Any) -> list[tuple[str, str, Any]]:
+def _rows_to_score(cfg: DictConfig, best: Any, world: Any) -> list[tuple[str, str, Any]]:
     """(name, kind, recipe) for the evolved best, every source, and the untuned baselines."""
     from merge_core.recipe import parse_recipe
 
     from evolve.genome import declare
     from evolve.search import trial_recipe
 
-    best = pick_trial(study, "best")
     rows = [(f"evolved (trial {best.number})", "evolved", trial_recipe(world, best.params, best.number))]
     g = world.genome
     base = world.sources.base_id
@@ -53,23 +54,26 @@ def _key(recipe: Any, cfg: DictConfig) -> str:
 
     data = recipe_to_dict(recipe)
     data.pop("evolve_merge", None)
-    text = json.dumps([data, recipe.seed, list(cfg.tasks.names)], sort_keys=True, default=str)
+    t = cfg.tasks
+    split = {k: t.split[k] for k in ("dev_size", "dev_fraction", "seed")}
+    text = json.dumps([data, recipe.seed, list(t.names), [str(p) for p in t.include_path], split], sort_keys=True,
+                      default=str)
     return "scores:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> list[dict[str, Any]]:
     """Score every row on dev and test (cached in the study's user attrs, so a redraw recomputes nothing)."""
-    best = pick_trial(study, "best")
+    best, world = best_trial(cfg, study, world)
     attrs = study.user_attrs
     keys = attrs.get("report_keys")
     fresh = (attrs.get("report_best") == best.number and attrs.get("report_rows_version") == REPORT_ROWS_VERSION
-             and keys and all(k in attrs for k in keys))
+             and keys and all(k in attrs for k in keys) and SPLITS_ATTR in attrs)
     if not fresh:
         from tqdm.auto import tqdm
 
         world = ensure_world(cfg, world)
         keys, names = [], []
-        rows = _rows_to_score(cfg, study, world)
+        rows = _rows_to_score(cfg, best, world)
         bar = tqdm(rows, desc="report rows (dev + test)", unit="row", disable=not cfg.progress, leave=False)
         for name, kind, recipe in bar:
             bar.set_postfix_str(name)
@@ -80,6 +84,7 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> lis
                                     else dev_test_scores(world, recipe))
             keys.append(key)
             names.append([name, kind])
+        study.set_user_attr(SPLITS_ATTR, task_splits(cfg, world))
         study.set_user_attr("report_keys", keys)
         study.set_user_attr("report_names", names)
         study.set_user_attr("report_best", best.number)
@@ -103,6 +108,84 @@ def _fixed_scores(cfg: DictConfig, world: Any, recipe: Any, name: str) -> dict[s
         scores = dev_test_scores(world, recipe)
         score_cache.store(folder, key, scores, name)
     return scores
+
+
+SAMPLES_FILE = "samples_test.json"
+
+
+def task_splits(cfg: DictConfig, world: Any) -> dict[str, dict[str, Any]]:
+    """splits.json: every task of the study -> its lm-eval task(s) and the dev and test doc ids."""
+    dev = getattr(full_dev_evaluator(world), "splits", None)
+    test = getattr(test_evaluator(world), "splits", None)
+    out: dict[str, dict[str, Any]] = {}
+    if not dev or not test:  # an evaluator without lm-eval tasks (tests' stand-ins): nothing to record
+        return out
+    rule = cfg.tasks.split
+    for name in map(str, cfg.tasks.names):
+        d, t = dev[name], test[name]
+        if d["partitioned"]:
+            out[name] = {"lm_eval_task": d["lm_eval_task"], "dev": d["dev"], "test": d["test"], "split_by": "evolve",
+                         "builtin": d["builtin"], "rule": {"dev_size": int(rule.dev_size),
+                                                           "dev_fraction": float(rule.dev_fraction), "seed": int(rule.seed)}}
+        else:
+            out[name] = {"lm_eval_task": {"dev": d["lm_eval_task"], "test": t["lm_eval_task"]}, "dev": d["ids"],
+                         "test": t["ids"], "split_by": "eval_tasks", "builtin": False}
+    return out
+
+
+def heldout_text(cfg: DictConfig, splits: dict[str, dict[str, Any]], report_dir: Path) -> str:
+    """What the held-out table holds, per task, and the stock lm-eval command that reproduces it."""
+    from evolve.search import eval_options
+    from evolve.tasks import task_folder
+
+    if not splits:
+        return ""
+    lines = ["Held-out test documents (the search never scored them; ids in report/splits.json):", ""]
+    test_tasks, partitioned = [], set()
+    for name, e in splits.items():
+        if e["split_by"] == "evolve":
+            test_tasks.append(e["lm_eval_task"])
+            partitioned.add(e["lm_eval_task"])
+            what = (f"- `{name}`: {len(e['test'])} test documents of `{e['lm_eval_task']}` (the search scored its "
+                    f"{len(e['dev'])} dev documents; seeded partition, tasks.split)")
+            if e["builtin"]:
+                what += (f"; `{e['lm_eval_task']}` is an lm-eval built-in benchmark: its held-out figures are on a split "
+                         "of that benchmark's own documents, not on a separate benchmark")
+        else:
+            test_tasks.append(e["lm_eval_task"]["test"])
+            what = f"- `{name}`: {len(e['test'])} items of the eval_tasks split `{e['lm_eval_task']['test']}`"
+        lines.append(what)
+    if cfg.tasks.get("test_limit"):
+        lines.append(f"- held-out scores use only the first {cfg.tasks.test_limit} test items per task (tasks.test_limit)")
+    include = eval_options(cfg)["include_path"]
+    by_folder: dict[Path | None, list[str]] = {}
+    for task in test_tasks:  # the stock CLI takes one --include_path: one command per folder
+        by_folder.setdefault(task_folder(task, include), []).append(task)
+    model = (Path(cfg.out_dir) / "best" / "model").resolve()
+    samples_file = (report_dir / SAMPLES_FILE).resolve()
+    lines += ["", "Reproduce the held-out scores with the stock lm-eval CLI (report/samples_test.json holds the test ids "
+              "of the partitioned tasks):", ""]
+    for folder, tasks in by_folder.items():
+        cmd = f"lm_eval --model hf --model_args pretrained={model},dtype={cfg.out_dtype}"
+        cmd += f" --include_path {folder}" if folder is not None else ""
+        cmd += f" --tasks {','.join(tasks)}"
+        if any(t in partitioned for t in tasks):
+            cmd += f" --samples {samples_file}"
+        lines.append(f"    {cmd}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def selection_text(selection: dict[str, Any]) -> str:
+    """The top-K re-scoring: each candidate's search dev score and its score on all dev documents."""
+    names = " / ".join(selection["objectives"])
+    lines = [f"Selection: the top {selection['top_k']} trials re-scored on all dev documents ({names}); "
+             f"the exported best is trial {selection['pick']}.", "",
+             "| trial | search dev | re-scored dev (all documents) | picked |", "|---|---|---|---|"]
+    for c in sorted(selection["candidates"], key=lambda c: -sum(c["rescored"])):
+        fmt = lambda vals: " / ".join(f"{v:.4f}" for v in vals)  # noqa: E731
+        lines.append(f"| {c['trial']} | {fmt(c['search'])} | {fmt(c['rescored'])} | {'yes' if c['trial'] == selection['pick'] else ''} |")
+    return "\n".join(lines) + "\n"
 
 
 def combined(scores: dict[str, float], cfg: DictConfig, split: str) -> float:
@@ -163,7 +246,7 @@ def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[P
     ax.set_title(f"{cfg.study_name}: optimization history")
     written.append(_save(fig, out / "history.png"))
 
-    best = pick_trial(study, "best")
+    best = next(t for t in study.get_trials(deepcopy=False) if t.number == study.user_attrs["selection"]["pick"])
     if getattr(world.genome, "kind", "ps") != "ps":  # a layer path: which model and layer each position takes
         from evolve.path_plot import path_figure
 
@@ -218,13 +301,19 @@ def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None) -> str:
     """Write report/ (results.json, results.md, plots); returns the markdown tables."""
     out = Path(cfg.out_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "results.md", "history.png", "recipe_heatmap.png", "path.png", "pareto.png"):
+    for name in ("results.json", "results.md", "splits.json", SAMPLES_FILE, "history.png", "recipe_heatmap.png",
+                 "path.png", "pareto.png"):
         remove_stale_temps(out, name)  # left by a run killed mid-write
     rows = collect_rows(cfg, study, world)
+    splits = study.user_attrs[SPLITS_ATTR]
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "splits.json", json.dumps(splits) + "\n")
+    samples = {e["lm_eval_task"]: e["test"] for e in splits.values() if e["split_by"] == "evolve"}
+    if samples:
+        atomic_write_text(out / SAMPLES_FILE, json.dumps(samples) + "\n")
     table = markdown(rows, cfg)
-    if cfg.tasks.get("test_limit"):
-        table += f"\nHeld-out scores use only the first {cfg.tasks.test_limit} test items per task (tasks.test_limit).\n"
+    table += "\n" + heldout_text(cfg, splits, out)
+    table += "\n" + selection_text(study.user_attrs["selection"])
     atomic_write_text(out / "results.md", f"# {cfg.study_name}: results\n\n{table}")
     if world is None:
         world = _light_world(cfg, study)

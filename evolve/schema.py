@@ -44,6 +44,22 @@ class ModelsConf:
 
 
 @dataclass
+class SplitConf:
+    """The project's dev/test partition of a task that is not an eval_tasks pair (evolve/splits.py)."""
+
+    dev_size: int = 500  # dev documents per task, at most ...
+    dev_fraction: float = 0.5  # ... this fraction of the task's evaluation documents; the rest is the held-out test
+    seed: int = 0  # apart from the search's seed, so every study of a task holds out the same documents
+
+
+@dataclass
+class SelectConf:
+    """How the exported best is chosen: the top trials re-scored on all dev documents (the winner's curse)."""
+
+    top_k: int = 5  # per objective for multi-objective optimizers; 1 = the search's own best, no re-scoring
+
+
+@dataclass
 class TasksConf:
     """Which tasks score a candidate, their weights and how much data each stage uses."""
 
@@ -56,6 +72,9 @@ class TasksConf:
     test_limit: Optional[int] = None  # first N held-out items per task in the report (null = all; for quick looks)
     # import path of the evaluator class (the project's lm-eval Evaluator; tests swap in a fake)
     evaluator: str = "evolve.evaluate:Evaluator"
+    # folders of the user's own lm-eval task YAMLs (any layout `lm_eval --include_path` accepts); eval_tasks/ is always on
+    include_path: List[str] = field(default_factory=list)
+    split: SplitConf = field(default_factory=SplitConf)
 
 
 @dataclass
@@ -123,6 +142,7 @@ class SearchConfig:
     optimizer: OptimizerConf = field(default_factory=OptimizerConf)
     pruner: PrunerConf = field(default_factory=PrunerConf)
     genome: GenomeConf = field(default_factory=GenomeConf)
+    select: SelectConf = field(default_factory=SelectConf)
 
 
 def register() -> None:

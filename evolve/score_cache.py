@@ -14,7 +14,7 @@ from typing import Any
 
 from merge_core.writer import atomic_write_text
 
-VERSION = 1
+VERSION = 2  # 2: dev scores on every dev document; partitioned tasks (tasks.split)
 
 
 def _files_digest(named: Iterable[tuple[str, Path]], digest: Any = None) -> Any:
@@ -36,6 +36,15 @@ def _task_files_digest(names: list[str]) -> dict[str, str]:
             continue
         files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         out[name] = _files_digest((str(f.relative_to(folder)), f) for f in files).hexdigest()
+    return out
+
+
+def _include_digest(folders: list[Path]) -> dict[str, str]:
+    """sha256 over every file of the user's task folders (tasks.include_path): a changed task means new scores."""
+    out = {}
+    for folder in folders:
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        out[str(folder.resolve())] = _files_digest((str(f.relative_to(folder)), f) for f in files).hexdigest()
     return out
 
 
@@ -80,6 +89,8 @@ def score_key(recipe: Any, model_hashes: dict[str, str], cfg: Any, device: str, 
         "weights": {m: model_hashes.get(m) for m in sorted(recipe.model_ids())},
         "tasks": names,
         "task_files": _task_files_digest(names),
+        "include_path": _include_digest([Path(str(p)) for p in t.get("include_path") or []]),
+        "split": {k: t.split[k] for k in ("dev_size", "dev_fraction", "seed")} if t.get("split") else None,
         "configs": _small_files_digest([Path(m) for m in sorted(recipe.model_ids())] + [Path(tokenizer_dir)]),
         "eval": {"limit": t.limit, "subset_seed": t.subset_seed, "test_limit": t.test_limit,
                  "batch_size": t.batch_size, "stages": [float(s) for s in t.stages], "dtype": str(cfg.dtype),

@@ -122,9 +122,19 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
         evaluator_factory = load_evaluator(cfg.tasks.evaluator)
     t = cfg.tasks
     evaluator = evaluator_factory(model, tokenizer, list(t.names), split="dev", batch_size=t.batch_size,
-                                  device=cfg.device, limit=t.limit, subset_seed=t.subset_seed, stages=list(t.stages))
+                                  device=cfg.device, limit=t.limit, subset_seed=t.subset_seed, stages=list(t.stages),
+                                  **eval_options(cfg))
     hashes = {mid: ck.sha256() for mid, ck in opened.models.items()}
     return World(cfg, genome, opened, model, tokenizer, evaluator, hashes)
+
+
+def eval_options(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluator keywords every evaluator of a study shares: the include path and the dev/test partition rule."""
+    from evolve.splits import SplitRule
+
+    t = cfg.tasks
+    include = [str(p) for p in (t.get("include_path") or [])]
+    return {"include_path": include or None, "split_rule": SplitRule.from_conf(t.get("split"))}
 
 
 def load_evaluator(path: str) -> Callable[..., Any]:
@@ -277,6 +287,10 @@ def start_study(cfg: DictConfig, genome: Genome) -> optuna.Study:
         for point in genome.baselines():
             study.enqueue_trial(point, user_attrs={"baseline": True})
     study.set_user_attr("config", OmegaConf.to_container(cfg, resolve=True))
+    from evolve.select import metric_names
+
+    if study.metric_names != metric_names(cfg):
+        study.set_metric_names(metric_names(cfg))  # what optuna-dashboard labels the objective axis with
     return study
 
 
@@ -286,7 +300,8 @@ def check_before_loading(cfg: DictConfig, evaluator_factory: Callable[..., Any] 
     if evaluator_factory is None and cfg.tasks.evaluator == "evolve.evaluate:Evaluator":
         from evolve.tasks import resolve, validate
 
-        validate(resolve(list(cfg.tasks.names), "dev"))
+        include = eval_options(cfg)["include_path"]
+        validate(resolve(list(cfg.tasks.names), "dev", include_path=include), include)
 
 
 def run_search(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = None) -> optuna.Study:
@@ -309,6 +324,10 @@ def run_search(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = N
     study.set_user_attr("source_hashes", world.hashes)
     with TrialProgress(study, int(cfg.n_trials), enabled=cfg.progress) as bar:
         optimize(world, study, on_trial=bar.update)
+    if cfg.export or cfg.report:
+        from evolve.select import select
+
+        select(cfg, study, world)  # the top trials re-scored on all dev documents: export and report show this pick
     if cfg.export:
         from evolve.export import export_trial
 

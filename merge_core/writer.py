@@ -147,12 +147,48 @@ def _write_metadata(
     built = sources.vocabulary.tokenizer if sources.vocabulary is not None else None
     write_tokenizer_files(tmp, sources.tokenizer_path, built, template)
     (tmp / "README.md").write_text(model_card(recipe, sources, card_extra), encoding="utf-8")
+    # mergekit writes its config beside the weights under this name; the Hub's merge tooling looks for it
+    (tmp / "mergekit_config.yml").write_text(_recipe_yaml(recipe), encoding="utf-8")
+
+
+def _recipe_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_hub_id(model_id: str) -> bool:
+    """Whether a model id names a Hugging Face Hub repository (`owner/name`) rather than a local folder."""
+    return bool(_HUB_ID.fullmatch(model_id)) and not Path(model_id).expanduser().exists()
+
+
+def _base_license(sources: Sources) -> str | None:
+    """The `license:` of the base model's own card front matter, when its folder has one."""
+    card = sources.models[sources.base_id].path / "README.md"
+    text = _read(card)
+    if not text.startswith("---"):
+        return None
+    try:
+        front = yaml.safe_load(text.split("---", 2)[1])
+    except (yaml.YAMLError, IndexError):
+        return None
+    value = front.get("license") if isinstance(front, dict) else None
+    return str(value) if isinstance(value, (str, int)) and str(value) else None
 
 
 def model_card(recipe: Recipe, sources: Sources, extra: str = "") -> str:
     """README.md: front matter, what was merged, the recipe YAML (and `extra`, e.g. scores)."""
-    recipe_yaml = yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
-    front = {"base_model": list(recipe.model_ids()), "library_name": "transformers", "tags": ["merge", "evolve-merge"]}
+    recipe_yaml = _recipe_yaml(recipe)
+    ids = list(recipe.model_ids())
+    hub = [m for m in ids if is_hub_id(m)]
+    # Hugging Face conventions for merges: base_model lists Hub ids only (a local path means nothing on the Hub)
+    front: dict = {"base_model": hub} if hub else {}
+    license_ = _base_license(sources)
+    if license_:
+        front["license"] = license_
+    front.update({"library_name": "transformers", "tags": ["merge", "mergekit", "evolve-merge"]})
+    local = [m for m in ids if m not in hub]
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).strip(),
@@ -163,6 +199,8 @@ def model_card(recipe: Recipe, sources: Sources, extra: str = "") -> str:
         f"Built by evolve-merge with the `{recipe.merge_method}` method from {len(sources.models)} model(s); "
         f"word embeddings {'tied' if sources.output_tied else 'untied'}.",
         "",
+        *(["Models merged: " + ", ".join(f"`{m}`" for m in ids) + (" (local folders: " + ", ".join(f"`{m}`" for m in local)
+           + ")" if local else "") + ".", ""]),
         "## Recipe (mergekit-compatible)",
         "",
         "```yaml",
