@@ -295,8 +295,10 @@ def start_study(cfg: DictConfig, genome: Genome) -> optuna.Study:
 
 
 def check_before_loading(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = None) -> None:
-    """Inputs that would otherwise fail only after the models are loaded: storage and task names."""
+    """Inputs that would otherwise fail only after the models are loaded: storage, model paths, tasks and their data."""
     check_storage(cfg)
+    if not cfg.models.prepare:
+        resolve_models(cfg, progress=False)  # only looks for the folders (cheap); a preparer runs after the task check
     if evaluator_factory is None and cfg.tasks.evaluator == "evolve.evaluate:Evaluator":
         from evolve.tasks import resolve, validate
 
