@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,7 +173,12 @@ def validate(cfg: DictConfig, where: str) -> None:
     method = cfg.method
     _check(len(method.search) >= 1, where, "method.search", "must search at least one parameter")
     for name, b in method.search.items():
+        _check(math.isfinite(b.low) and math.isfinite(b.high), where, f"method.search.{name}",
+               f"bounds [{b.low}, {b.high}] must be finite numbers")
         _check(b.low <= b.high, where, f"method.search.{name}", f"low {b.low} > high {b.high}")
+        lo, hi = _param_bounds(name)
+        _check(lo <= b.low and b.high <= hi, where, f"method.search.{name}",
+               f"bounds [{b.low}, {b.high}] leave [{lo:g}, {hi:g}], the range of {name}; narrow them")
     known = _method_params(method.name)
     if known is not None:
         _check(known is not False, where, "method.name", f"= {method.name} is not a known merge method")
@@ -221,6 +227,15 @@ def _probe_writable(out: Path) -> None:
         for p in missing:  # deepest first
             with contextlib.suppress(OSError):
                 p.rmdir()
+
+
+def _param_bounds(name: str) -> tuple[float, float]:
+    """The valid range of a merge parameter (merge_core's registry), unbounded when it has none."""
+    try:
+        from merge_core.methods import PARAM_BOUNDS
+    except ImportError:
+        return float("-inf"), float("inf")
+    return PARAM_BOUNDS.get(name, (float("-inf"), float("inf")))
 
 
 def _method_params(name: str) -> set[str] | bool | None:

@@ -97,16 +97,19 @@ def _card(cfg: DictConfig, trial: FrozenTrial, scores: dict[str, float], metrics
 def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best", out: str | Path | None = None,
                  world: Any = None) -> Path:
     """Write a trial's recipe.yaml and model folder to `out` (default <out_dir>/best); returns `out`."""
+    from merge_core.overlap import refuse_overlap
     from merge_core.recipe import save_recipe
     from merge_core.writer import check_out_dir, write_model
 
-    from evolve.search import trial_recipe
+    from evolve.outputs import run_inputs
+    from evolve.search import resolve_models, trial_recipe
 
     trial = pick_trial(study, which)  # a bad trial=N, or no complete trial, fails before anything is written
     out = Path(out) if out is not None else Path(cfg.out_dir) / "best"
     if out.exists() and not out.is_dir():
         raise UserError(f"out: {out} is a file; give a folder path")
     check_out_dir(out / "model")
+    refuse_overlap("out", [out / "model", out / "recipe.yaml"], run_inputs(cfg, resolve_models(cfg, progress=False)))
     out.mkdir(parents=True, exist_ok=True)  # a read-only or full disk fails here, before any model is loaded
     if which == "best":
         from evolve.select import best_trial

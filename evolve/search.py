@@ -25,8 +25,10 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from evolve import identity
 from evolve.errors import RunFailed, UserError
 from evolve.genome import Genome, make_genome
+from evolve.outputs import check_outputs
 from evolve.study import TrialProgress, budget_state, check_storage, make_pruner, make_sampler, open_study
 
 log = logging.getLogger(__name__)
@@ -197,13 +199,16 @@ class _Heartbeat:
 
 def run_trial(world: World, study: optuna.Study, trial: optuna.Trial) -> tuple[TrialState, list[float] | None]:
     """Merge, evaluate stage by stage, report and maybe prune; returns the state and values to tell."""
-    from merge_core.live import merge_into
+    from merge_core.live import first_nonfinite, merge_into
 
     cfg = world.cfg
     params = world.genome.suggest(trial)
     trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
     t0 = time.perf_counter()
     merge_into(world.model, trial_recipe(world, params, trial.number), world.sources)
+    bad = first_nonfinite(world.model)
+    if bad is not None:  # this candidate only: the trial fails with the tensor's name, the search goes on
+        raise FloatingPointError(f"merged tensor {bad} has NaN or inf values")
     trial.set_user_attr("merge_seconds", round(time.perf_counter() - t0, 3))
     tokens, eval_s, values, scores = 0, 0.0, None, {}
     try:
@@ -320,9 +325,19 @@ def run_search(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = N
     check_before_loading(cfg, evaluator_factory)
     if cfg.genome.kind == "ps_dfs":
         raise UserError("genome=ps_dfs: the two-stage search is not available in this build; run genome=ps, then genome=dfs")
+    check_outputs(cfg, resolve_models(cfg, progress=cfg.progress))
+    old = identity.existing_study(cfg)
+    if old is not None:  # a resume: the same experiment, or refused before any model is opened
+        identity.verify(cfg, old, "search")
     world = build_world(cfg, evaluator_factory)
+    models = resolve_models(cfg, progress=False)
+    # the sources' weights as well, before the study is written to
+    ident = identity.verify(cfg, old, "search", models, world.hashes) if old is not None else None
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     study = start_study(cfg, world.genome)
+    if ident is None:
+        ident = identity.verify(cfg, study, "search", models, world.hashes)
+    identity.record(study, ident)
     study.set_user_attr("source_hashes", world.hashes)
     with TrialProgress(study, int(cfg.n_trials), enabled=cfg.progress) as bar:
         optimize(world, study, on_trial=bar.update)

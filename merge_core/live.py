@@ -11,7 +11,7 @@ from merge_core.checkpoint import DTYPES_BY_NAME
 from merge_core.errors import UserError
 from merge_core.plan import merge_tensor, plan_tensors
 from merge_core.recipe import Recipe
-from merge_core.sources import Sources
+from merge_core.sources import Sources, has_nonfinite
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -101,6 +101,14 @@ def _cached_align(sources: Sources) -> Callable:
         return store[key]
 
     return align
+
+
+def first_nonfinite(model: PreTrainedModel) -> str | None:
+    """Name of the first parameter holding NaN or inf (a candidate merged from overflowing parameters), else None."""
+    for name, param in model.named_parameters():
+        if has_nonfinite(param.data):
+            return name
+    return None
 
 
 def _cached_fetch(sources: Sources, device: torch.device) -> Callable[[str, str], torch.Tensor]:

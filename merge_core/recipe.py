@@ -6,6 +6,7 @@ path is meant relative to the recipe file's folder, which `Recipe.root` records 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,9 @@ class _Parser:
 
     def check_range(self, v: float, key: str, name: str) -> None:
         lo, hi = PARAM_BOUNDS.get(name, (float("-inf"), float("inf")))
+        if not math.isfinite(v):
+            raise self.fail(key, f"{v} is not a finite number", f"write a finite {name}"
+                            + (f" between {lo:g} and {hi:g}" if math.isfinite(lo) and math.isfinite(hi) else ""))
         if not lo <= v <= hi:
             raise self.fail(key, f"{v} is outside [{lo:g}, {hi:g}]", f"choose {name} between {lo:g} and {hi:g}")
 

@@ -261,6 +261,20 @@ def _check_finite(models: dict[str, Checkpoint], arch: Architecture, where: str)
                     )
 
 
+def recipe_inputs(recipe: Recipe, recipe_dir: str | os.PathLike | None = None) -> list[tuple[str, Path]]:
+    """(what, folder) of every model and tokenizer source a recipe reads, found without opening any of them."""
+    root = Path(recipe_dir) if recipe_dir is not None else recipe.root
+    ids = recipe.model_ids()
+    found = []
+    for m in ids:
+        folder, adapter = locate_model(m, root, recipe.where)
+        found += [(f"model {m!r}", folder)] + ([(f"adapter of {m!r}", adapter)] if adapter is not None else [])
+    tok = recipe.tokenizer_source
+    if tok not in (None, "base", "union") and tok not in ids:
+        found.append(("tokenizer_source", resolve_model_path(tok, root, f"{recipe.where}: tokenizer_source")))
+    return found
+
+
 def _tokenizer_path(recipe: Recipe, models: dict[str, Checkpoint], base_id: str, root: Path | None, where: str) -> Path:
     source = vocab_source(recipe)[0]
     if source in (None, "base", "union"):  # a union is built on the base's tokenizer
@@ -270,4 +284,4 @@ def _tokenizer_path(recipe: Recipe, models: dict[str, Checkpoint], base_id: str,
     return resolve_model_path(source, root, f"{where}: tokenizer_source")
 
 
-__all__ = ["HEAD", "SHAPE_KEYS", "Sources", "has_nonfinite", "locate_model", "resolve_model_path"]
+__all__ = ["HEAD", "SHAPE_KEYS", "Sources", "has_nonfinite", "locate_model", "recipe_inputs", "resolve_model_path"]

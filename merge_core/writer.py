@@ -11,14 +11,16 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from merge_core.errors import UserError
 from merge_core.files import atomic_write_text, file_mode, glob_escape, remove_stale_temps, temp_tag  # noqa: F401 (re-exported)
 from merge_core.live import resolve_device, resolve_dtype
+from merge_core.overlap import refuse_overlap
 from merge_core.plan import merge_tensor, output_layers, plan_tensors
 from merge_core.recipe import Recipe, recipe_to_dict
-from merge_core.sources import Sources
+from merge_core.sources import Sources, has_nonfinite
 from merge_core.tokenizer import TOKENIZER_FILES, chat_template_text, write_tokenizer_files  # noqa: F401  (re-export)
 
 CARD_MARKER = "<!-- written by evolve-merge -->"
@@ -53,14 +55,18 @@ def write_model(
     device: str | torch.device = "cpu",
     progress: bool = True,
     card_extra: str = "",
+    check_finite: bool = True,
 ) -> Path:
     """Merge `recipe` into a HF folder at `out_dir` (atomic: built in a temp folder beside it, then renamed).
 
     An existing `out_dir` is replaced only if it is empty or an earlier output of ours (its README carries our
     marker). dtype: None -> the recipe's out_dtype or dtype, else the base model's. `card_extra` is appended
-    to the README model card (e.g. scores).
+    to the README model card (e.g. scores). check_finite: refuse a merged tensor holding NaN or inf.
     """
     out = check_out_dir(out_dir)
+    read = [(f"model {m!r}", ck.path) for m, ck in sources.models.items()]
+    read += [(f"model {m!r}", ck.base.path) for m, ck in sources.models.items() if hasattr(ck, "base")]  # LoRA
+    refuse_overlap("out", [out], [*read, ("the tokenizer source", sources.tokenizer_path)])
     if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size <= 0:
         raise UserError(f"shard_size: {shard_size!r} is not a positive number of bytes; use e.g. 2GB or 500MB")
     dev = resolve_device(device)
@@ -74,19 +80,32 @@ def write_model(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        _write_tensors(plans, recipe, sources, tmp, shard_size, out_dtype, dev, progress)
+        _write_tensors(plans, recipe, sources, tmp, shard_size, out_dtype, dev, progress, check_finite)
         _write_metadata(recipe, sources, tmp, out_dtype, card_extra, template)
         _swap_into_place(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
-            raise UserError(f"out: cannot write {out} ({exc.strerror}); free disk space or choose a writable "
+        reason = write_failure(exc)
+        if reason is not None:
+            raise UserError(f"out: cannot write {out} ({reason}); free disk space or choose a writable "
                             "folder (nothing was left behind)") from None
         raise
     return out
 
 
-def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progress) -> None:
+def write_failure(exc: BaseException) -> str | None:
+    """The reason text when `exc` is the disk or the permissions refusing a write (OSError or safetensors' own)."""
+    if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        return exc.strerror or os.strerror(exc.errno)
+    if isinstance(exc, SafetensorError):
+        # safetensors reports the OS error inside its text: "IoError(Os { code: 28, kind: StorageFull, ... })"
+        m = re.search(r"code: (\d+)", str(exc))
+        if m and int(m.group(1)) in _WRITE_ERRNOS:
+            return os.strerror(int(m.group(1)))
+    return None
+
+
+def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progress, check_finite=True) -> None:
     from tqdm.auto import tqdm
 
     shard: dict[str, torch.Tensor] = {}
@@ -107,6 +126,11 @@ def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progr
         # merged straight into the output dtype: streaming methods never hold the whole tensor in float32
         out = torch.empty(sources.output_shape(plan), dtype=dtype, device=device)
         tensor = merge_tensor(plan, sources.get, recipe.seed, device, out=out, align=sources.align).cpu().contiguous()
+        if check_finite and has_nonfinite(tensor):
+            # e.g. a huge weight overflowing the output dtype: a model of inf/NaN would load and score garbage
+            raise UserError(f"{recipe.where}: merged tensor {plan.out_name} has NaN or inf values "
+                            f"(in {str(dtype).removeprefix('torch.')}); use smaller/finite merge parameters or "
+                            "intact sources (nothing was written)")
         size = tensor.numel() * tensor.element_size()
         if shard and shard_bytes + size > shard_size:
             flush()

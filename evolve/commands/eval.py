@@ -36,10 +36,7 @@ def run(args: list[str]) -> int:
     if dtype not in DTYPES:
         raise UserError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     out = Path(str(opts["out"])) if opts.get("out") else default_out(model_dir, split)
-    if not out.parent.is_dir():
-        raise UserError(f"out: folder {out.parent} does not exist; create it or choose another out=FILE.json")
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"out: folder {out.parent} is not writable; choose another out=FILE.json")
+    check_eval_out(out)
 
     include_path = opts.get("include_path")
     if include_path is not None and not Path(str(include_path)).is_dir():
@@ -70,9 +67,11 @@ def run(args: list[str]) -> int:
     rows = [(name, evaluator.metrics[name], value, result.n_items[name]) for name, value in result.scores.items()]
     print(_table(rows))
     report = {
-        "model": str(model_dir), "split": split, "scores": result.scores, "metrics": evaluator.metrics,
+        "written_by": WRITTEN_BY, "model": str(model_dir), "split": split, "scores": result.scores,
+        "metrics": evaluator.metrics,
         "n_items": result.n_items, "limit": limit, "tokens": result.tokens, "seconds": round(result.seconds, 3),
     }
+    check_eval_out(out)  # again: the scoring took a while, and the file may have appeared meanwhile
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
@@ -82,6 +81,32 @@ def default_out(model_dir: Path, split: str) -> Path:
     """`<model folder>_eval_<split>.json` beside the model folder (outside it)."""
     model_dir = model_dir.resolve()
     return model_dir.with_name(f"{model_dir.name}_eval_{split}.json")
+
+
+WRITTEN_BY = "evolve eval"  # marks the JSON files this command wrote: only those may be replaced
+
+
+def check_eval_out(out: Path) -> None:
+    """out= must be a new file, or a results file an earlier `evolve eval` wrote; never a folder or another file."""
+    if not out.parent.is_dir():
+        raise UserError(f"out: folder {out.parent} does not exist; create it or choose another out=FILE.json")
+    if out.is_dir():
+        raise UserError(f"out: {out} is a folder; give a file path, e.g. out={out / 'eval.json'}")
+    if out.exists() or out.is_symlink():
+        if not out.is_file() or _written_by(out) != WRITTEN_BY:
+            raise UserError(f"out: {out} exists and was not written by evolve eval; it is left alone: choose a new "
+                            "file path, e.g. out=eval_results.json")
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"out: folder {out.parent} is not writable; choose another out=FILE.json")
+
+
+def _written_by(path: Path) -> object:
+    try:
+        if path.stat().st_size > 1 << 24:  # a results file is a few KB
+            return None
+        return json.loads(path.read_text(encoding="utf-8")).get("written_by")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
 
 
 def check_model_folder(model_dir: Path) -> None:

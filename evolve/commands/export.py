@@ -16,9 +16,13 @@ def run(args: list[str]) -> int:
     own, rest = split_own(args, ("trial", "out"))
     cfg, _ = load_config(rest)
     from evolve.export import export_trial
+    from evolve.identity import verify
+    from evolve.search import resolve_models
     from evolve.study import make_pruner, make_sampler, open_study
 
     study = open_study(cfg, make_sampler(cfg), make_pruner(cfg), create=False)
+    # a trial is rebuilt only under the settings and source weights that scored it
+    verify(cfg, study, "export", resolve_models(cfg, progress=False))
     path = export_trial(cfg, study, own.get("trial", "best"), own.get("out"))
     print(f"wrote {path}/recipe.yaml and {path}/model")
     return 0

@@ -38,8 +38,9 @@ def run(args: list[str]) -> int:
 
     # heavy imports after argument checks, so a typo fails fast
     from merge_core.live import resolve_device, resolve_dtype
+    from merge_core.overlap import refuse_overlap
     from merge_core.recipe import load_recipe
-    from merge_core.sources import Sources
+    from merge_core.sources import Sources, recipe_inputs
     from merge_core.writer import check_out_dir, write_model
 
     if dtype is not None:
@@ -47,7 +48,9 @@ def run(args: list[str]) -> int:
     dev = resolve_device(device)
     out = check_out_dir(str(opts["out"]))
     recipe = load_recipe(str(opts["recipe"]))
+    refuse_overlap("out", [out], [("the recipe", str(opts["recipe"])), *recipe_inputs(recipe)])
     sources = Sources.open(recipe, allow_pickle=allow_pickle, check_finite=check_finite)
-    path = write_model(recipe, sources, out, shard_size=shard_size, dtype=dtype, device=dev, progress=True)
+    path = write_model(recipe, sources, out, shard_size=shard_size, dtype=dtype, device=dev, progress=True,
+                       check_finite=check_finite)
     print(f"wrote {path}")
     return 0

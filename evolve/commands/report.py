@@ -8,9 +8,12 @@ from evolve.config import load_config
 def run(args: list[str]) -> int:
     """Write report/ for the config's stored study and print the held-out table."""
     cfg, _ = load_config(args)
+    from evolve.identity import verify
     from evolve.report import make_report
+    from evolve.search import resolve_models
     from evolve.study import make_pruner, make_sampler, open_study
 
     study = open_study(cfg, make_sampler(cfg), make_pruner(cfg), create=False)
+    verify(cfg, study, "report", resolve_models(cfg, progress=False))
     print(make_report(cfg, study))
     return 0

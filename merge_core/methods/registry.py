@@ -59,6 +59,9 @@ PARAM_BOUNDS: dict[str, tuple[float, float]] = {
     "density": (0.0, 1.0),
     "gamma": (0.0, 1.0),
     "epsilon": (0.0, 1.0),
+    # slerp interpolates on the arc from the base (t=0) to the other model (t=1); mergekit does not check t, but
+    # a t outside [0, 1] extrapolates (t=1e30 gives a 1e27-scale model that loads and scores garbage)
+    "t": (0.0, 1.0),
 }
 BOOL_PARAMS = frozenset({"normalize", "rescale", "int8_mask", "filter_wise"})
 
