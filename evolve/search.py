@@ -208,7 +208,7 @@ def run_trial(world: World, study: optuna.Study, trial: optuna.Trial) -> tuple[T
     merge_into(world.model, trial_recipe(world, params, trial.number), world.sources)
     bad = first_nonfinite(world.model)
     if bad is not None:  # this candidate only: the trial fails with the tensor's name, the search goes on
-        raise FloatingPointError(f"merged tensor {bad} has NaN or inf values")
+        raise FloatingPointError(f"merged tensor {bad} has non-finite values (NaN or inf)")
     trial.set_user_attr("merge_seconds", round(time.perf_counter() - t0, 3))
     tokens, eval_s, values, scores = 0, 0.0, None, {}
     try:
