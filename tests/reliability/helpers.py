@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from evolve.config import load_config
 from evolve.study import is_counted, make_pruner, make_sampler, open_study
 from tests.evolve.fake_eval import env_for, make_models, write_config
 
-__all__ = ["counted", "dot_temps", "env_for", "make_models", "run_cli", "study_of", "write_config"]
+__all__ = ["counted", "dot_temps", "tree_digest", "env_for", "make_models", "run_cli", "study_of", "write_config"]
 
 # `python -c` prelude: the command's own code runs after a hook that may SIGKILL the process at a chosen point
 _RUNNER = "import os, signal, sys\n{hook}\nfrom evolve.cli import main\nsys.exit(main(sys.argv[1:]))\n"
@@ -39,3 +41,20 @@ def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def dot_temps(*folders: Path) -> list[Path]:
     """Hidden temp entries (`.name.partial-*`, `.name.*.tmp`, `.name.old-*`) left in the folders."""
     return [p for f in folders if f.is_dir() for p in f.iterdir() if p.name.startswith(".")]
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder`; a SQLite database by its logical contents (its -shm/-wal side files,
+    and its bytes at a WAL checkpoint, change on mere reads)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.endswith(("-shm", "-wal")):
+            continue
+        if p.suffix == ".db":
+            con = sqlite3.connect(p)
+            data = "\n".join(con.iterdump()).encode()
+            con.close()
+        else:
+            data = p.read_bytes()
+        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return out

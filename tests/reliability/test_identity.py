@@ -3,9 +3,7 @@ with one line, exit 2, and changes nothing; the settings listed as free may chan
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from evolve.cli import main
 from evolve.identity import IDENTITY_ATTR
 from merge_core.synthetic import make_checkpoint
-from tests.reliability.helpers import counted, env_for, make_models, study_of, write_config
+from tests.reliability.helpers import counted, env_for, make_models, study_of, tree_digest, write_config
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +25,6 @@ def done(tmp_path_factory):
             mp.setenv(k, v)
         assert main(["search", f"conf={conf}", "n_trials=3", "report=false"]) == 0
     return {"root": root, "models": models, "conf": conf}
-
-
-def _tree_digest(folder: Path) -> dict[str, str]:
-    """sha256 of every file; a SQLite database by its logical contents (its -shm/-wal side files change on reads)."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.name.endswith(("-shm", "-wal")):
-            continue
-        if p.suffix == ".db":
-            con = sqlite3.connect(p)
-            data = "\n".join(con.iterdump()).encode()
-            con.close()
-        else:
-            data = p.read_bytes()
-        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
-    return out
 
 
 # id -> (overrides, the key the line must name)
@@ -70,13 +52,13 @@ def test_other_settings_are_refused_and_change_nothing(case, command, done, monk
         monkeypatch.setenv(k, v)
     overrides, key = DIFFERENT[case]
     run = done["root"] / "run"
-    before = _tree_digest(run)
+    before = tree_digest(run)
     capsys.readouterr()
     assert main([command, f"conf={done['conf']}", *overrides]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: {command}: study 'fake': {key} "), err
     assert "study_name or out_dir" in err
-    assert _tree_digest(run) == before
+    assert tree_digest(run) == before
 
 
 @pytest.mark.parametrize("command", ["search", "export"])
@@ -96,12 +78,12 @@ def test_other_source_weights_are_refused(command, done, tmp_path, monkeypatch, 
     # the copies hash the same: the moved study resumes
     assert main(["search", f"conf={conf}", "n_trials=3", "export=false", "report=false"]) == 0
     make_checkpoint(models["b"], like=models["base"], noise=0.05, seed=9)  # other weights at the same path
-    before = _tree_digest(tmp_path / "run")
+    before = tree_digest(tmp_path / "run")
     capsys.readouterr()
     assert main([command, f"conf={conf}", "n_trials=4"] if command == "search" else [command, f"conf={conf}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "models.sources[1] has other weights" in err, err
-    assert _tree_digest(tmp_path / "run") == before
+    assert tree_digest(tmp_path / "run") == before
 
 
 def test_free_settings_may_change_on_resume(done, tmp_path, monkeypatch):

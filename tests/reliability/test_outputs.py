@@ -3,7 +3,6 @@ each refusal is one line, exit 2, and every file under the test folder is byte-i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,12 +11,7 @@ import pytest
 import yaml
 
 from evolve.cli import main
-from tests.reliability.helpers import counted, env_for, make_models, study_of, write_config
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(("-shm", "-wal"))}
+from tests.reliability.helpers import counted, env_for, make_models, study_of, tree_digest, write_config
 
 
 @pytest.fixture(scope="module")
@@ -125,15 +119,15 @@ def test_refused_in_one_line_and_nothing_changes(case, world, tmp_path, monkeypa
         monkeypatch.setenv(k, v)
     make, needle = CASES[case]
     args = make(world, tmp_path)
-    before, before_t = _digest(world["root"]), _digest(tmp_path)
+    before, before_t = tree_digest(world["root"]), tree_digest(tmp_path)
     capsys.readouterr()
     assert main(args) == 2
     # merge's progress bar (stderr) may precede the line
     err = "\n".join(x for x in capsys.readouterr().err.strip().split("\n") if not x.startswith("merging"))
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and needle in err, err
     assert "; " in err
-    assert _digest(world["root"]) == before
-    assert _digest(tmp_path) == before_t and not (tmp_path / "out").exists()
+    assert tree_digest(world["root"]) == before
+    assert tree_digest(tmp_path) == before_t and not (tmp_path / "out").exists()
     for leftover in (world["root"] / "merged" / "r.yaml",):
         leftover.unlink(missing_ok=True)
 
