@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from evolve.errors import UserError
+from evolve.progress import quiet_library_bars
 
 # command name -> module under evolve.commands exposing `run(args: list[str]) -> int`
 COMMANDS: dict[str, str] = {
@@ -35,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # retries (a user who wants downloads sets these to 0)
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
         os.environ.setdefault(var, "1")
+    quiet_library_bars()
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

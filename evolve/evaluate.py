@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from evolve.errors import UserError
+from evolve.progress import quiet_bars
 from evolve.splits import SplitRule
 from evolve.tasks import TaskRef, load_tasks, quiet, resolve
 
@@ -128,11 +129,13 @@ class Evaluator:
             selected = selected[:limit] if limit else selected
         key = ref.key if ref is not None else name
         if selected is None:
-            task.build_all_requests(rank=0, world_size=1)
+            with quiet_bars():  # lm-eval's unlabeled per-task bar; ours say what is being scored
+                task.build_all_requests(rank=0, world_size=1)
             ids = None
         else:
             ids = sorted(selected)  # lm-eval enumerates the chosen documents in their own order
-            task.build_all_requests(rank=0, world_size=1, samples=ids)
+            with quiet_bars():
+                task.build_all_requests(rank=0, world_size=1, samples=ids)
         true_id = (lambda pos: pos) if ids is None else ids.__getitem__
         instances: dict[int, list[Any]] = {}
         for inst in task.instances:

@@ -12,8 +12,10 @@ def run(args: list[str]) -> int:
     from evolve.report import make_report
     from evolve.search import resolve_models
     from evolve.study import make_pruner, make_sampler, open_study
+    from evolve.summary import closing_lines
 
     study = open_study(cfg, make_sampler(cfg), make_pruner(cfg), create=False)
     verify(cfg, study, "report", resolve_models(cfg, progress=False))
     print(make_report(cfg, study))
+    print(closing_lines(cfg, [a for a in args if a not in ("-m", "--multirun")]))
     return 0

@@ -59,12 +59,26 @@ def _job_config(cfg, multirun: bool):
     return cfg
 
 
+def _study_args(cargs: ConfArgs, cfg) -> list[str]:
+    """The arguments that name this run's study again (for the `export` line printed at the end)."""
+    import conf as conf_pkg
+
+    name = cargs.config_name if cargs.config_dir == conf_pkg.PATH else str(cargs.config_dir / f"{cargs.config_name}.yaml")
+    if not cargs.multirun:
+        return [f"conf={name}", *cargs.overrides]
+    from hydra.core.hydra_config import HydraConfig
+
+    job = [o for o in HydraConfig.get().overrides.task if not o.startswith(("out_dir=", "study_name="))]
+    return [f"conf={name}", *job, f"out_dir={cfg.out_dir}", f"study_name={cfg.study_name}"]
+
+
 def _run_hydra(cargs: ConfArgs) -> int:
     import hydra
 
     from evolve import schema
     from evolve.config import validate
     from evolve.search import run_search
+    from evolve.summary import closing_lines
 
     schema.register()
     errors: list[BaseException] = []
@@ -74,6 +88,7 @@ def _run_hydra(cargs: ConfArgs) -> int:
             cfg = _job_config(cfg, cargs.multirun)
             validate(cfg, cargs.label)
             run_search(cfg)
+            print(closing_lines(cfg, _study_args(cargs, cfg)), flush=True)
         except Exception as exc:  # noqa: BLE001 - Hydra would print its own traceback and exit 1
             # re-raised after Hydra returns, so the CLI maps it like any command's error (one line for bad input,
             # a full disk or permissions; a real traceback for our bugs). Ctrl-C/SIGTERM pass straight through.

@@ -1,7 +1,9 @@
 """The search loop on a fake world: budget, baselines, attrs, pruning, failures, resume after SIGKILL, workers, sweeps."""
 
 import os
+import re
 import signal
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -174,12 +176,27 @@ def test_tiny_end_to_end_with_the_real_toy_world(toy_models, tmp_path, capsys):
     cache = toy_models["base"].parent
     args = ["search", "conf=tiny", f"out_dir={out}", f"models.cache_dir={cache}", "n_trials=3", "progress=false"]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "| test |" in printed and "toy_succ_test" in printed  # the held-out table is printed at the end
     for path in ("study.db", "best/recipe.yaml", "best/model/config.json", "best/model/model.safetensors",
                  "best/model/README.md", "report/results.json", "report/results.md", "report/history.png",
                  "report/recipe_heatmap.png"):
         assert (out / path).exists(), path
+    # it ends by saying where things went and what to run next
+    tail = printed[printed.index("outputs:"):]
+    for needle in (f"{out}/study.db", f"{out}/best/recipe.yaml", f"{out}/best/model/", f"{out}/report/",
+                   f"python -m evolve export conf=tiny out_dir={out}", "trial=N", "python -m evolve eval model=",
+                   "'tasks=[toy_succ,toy_upper]' split=test", "--tasks toy_succ_test,toy_upper_test",
+                   f"optuna-dashboard sqlite:///{out}/study.db"):
+        assert needle in tail, needle
+    # progress=false: no bar at all, not even lm-eval's or transformers'
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
+    assert not re.search(r"\d+%\|", captured.err), captured.err[-500:]
+    # files others can use: nothing 0600, no folder 0700
+    for p in [out, *out.rglob("*"), *cache.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode & 0o044 == 0o044 if not p.is_dir() else mode & 0o055 == 0o055, (p, oct(mode))
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
     assert len(_counted(study.get_trials())) == 3
     assert all(0.0 <= v <= 1.0 for t in study.get_trials() for v in t.user_attrs["scores"].values())
