@@ -10,7 +10,8 @@ import yaml
 from omegaconf import DictConfig
 
 import eval_tasks
-from evolve.study import JOURNAL_SUFFIXES, storage_url
+from evolve.storage_check import is_journal
+from evolve.study import storage_url
 
 
 def show(path: str | Path) -> str:
@@ -33,7 +34,7 @@ def _dashboard(cfg: DictConfig) -> str:
     url = storage_url(cfg)
     if url.startswith("sqlite:///"):
         return f"optuna-dashboard {shlex.quote('sqlite:///' + show(url[len('sqlite:///'):]))}"
-    if url.endswith(JOURNAL_SUFFIXES) and "://" not in url:
+    if is_journal(url):
         return f"optuna-dashboard {shlex.quote(show(url))}"
     return "optuna-dashboard STORAGE_URL   (the storage= of this study)"
 
@@ -42,7 +43,7 @@ def _study_location(cfg: DictConfig) -> str:
     url = storage_url(cfg)
     if url.startswith("sqlite:///"):
         return show(url[len("sqlite:///"):])
-    if url.endswith(JOURNAL_SUFFIXES) and "://" not in url:
+    if is_journal(url):
         return show(url)
     return f"study {cfg.study_name!r} in the storage= database"
 
