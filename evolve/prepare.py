@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -68,6 +69,10 @@ def prepare_demo(
     manifests = {}
     for task in tasks:  # validate every task before the slow conversion
         task_prompt(task)
+    if progress:
+        plan = announce(cache_dir, tasks, hyper, per_task, seed, device)
+        if plan:
+            print(plan, flush=True)
     base = convert_smollm2(cache_dir, progress=progress)
     out: dict[str, Path] = {"base": base}
     for task in tasks:
@@ -86,3 +91,30 @@ def prepare_demo(
         if progress:
             print(f"specialist {task}: {out[task]} ({time.time() - start:.0f} s)")
     return out
+
+
+# Measured on a quiet 2-core CPU VM (docs/results.md): GGUF -> HF ~60 s, fine-tuning ~2.8 s per step.
+CONVERT_SECONDS, STEP_SECONDS, MEASURED_CORES = 60.0, 2.8, 2
+
+
+def announce(cache_dir: Path, tasks, hyper: dict, per_task: dict, seed: int, device: str) -> str:
+    """One line saying which demo models will be made (those not cached) and roughly how long; "" when all are cached."""
+    base_cached = read_manifest(cache_dir / "base") is not None
+    todo = []
+    for task in tasks:
+        manifest = read_manifest(cache_dir / task)
+        if not base_cached or manifest is None or manifest.get("hyper") != {**hyper, **per_task.get(task, {})} \
+                or manifest.get("seed") != seed:
+            todo.append((task, int({**hyper, **per_task.get(task, {})}["steps"])))
+    if base_cached and not todo:
+        return ""
+    what = ([] if base_cached else ["SmolLM2-135M-Instruct base (GGUF -> HF folder)"]) + \
+        [f"specialist {t} ({steps} fine-tuning steps)" for t, steps in todo]
+    if str(device).startswith("cuda"):
+        when = "a few minutes on a GPU"
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        seconds = (0 if base_cached else CONVERT_SECONDS) + STEP_SECONDS * sum(s for _, s in todo)
+        seconds *= MEASURED_CORES / max(1, min(cores, 8))  # past a few cores a 135M model gains little
+        when = f"roughly {max(1, round(seconds / 60))} min on this machine's {cores} CPU core(s)"
+    return (f"preparing the demo models into {cache_dir} (once; later runs reuse them): {', '.join(what)}; {when}")

@@ -238,6 +238,10 @@ def prepare(cache_dir: Path, *, seed: int = 0, progress: bool = True, **options:
     hit = _cached(cache_dir, key)
     if hit is not None:
         return hit
+    if progress:
+        # one thread by design (below), so the time hardly depends on the machine: ~20-40 s on a 2-core VM
+        print(f"preparing the toy models into {cache_dir} (once; later runs reuse them): a base and the "
+              f"specialists {', '.join(SKILLS)}, trained from scratch; roughly half a minute", flush=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: same bits on every machine, and the CI's cores are shared
