@@ -52,6 +52,11 @@ def load_gguf(gguf: Path | None = None):
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = "SmolLM2-135M-Instruct"
+    # the GGUF's `general.name` ("Smollm2 135M 8k Lc100K Mix1 Ep2") would be saved into config.json and from there
+    # into every merged model's config
+    for key in ("_model_name_or_path",):
+        if hasattr(model.config, key):
+            delattr(model.config, key)
     model.eval()
     return model, tokenizer
 
@@ -61,7 +66,8 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
     cache_dir = Path(cache_dir)
     gguf = find_gguf()
     out = cache_dir / "base"
-    manifest = {"kind": "smollm2_base", "gguf": GGUF_NAME, "gguf_sha256": file_sha256(gguf)}
+    # config_version 2: config.json without the GGUF's _model_name_or_path (weights, hence specialists, unchanged)
+    manifest = {"kind": "smollm2_base", "gguf": GGUF_NAME, "gguf_sha256": file_sha256(gguf), "config_version": 2}
     old = read_manifest(out)
     if old is not None and {k: old.get(k) for k in manifest} == manifest and "weights_sha256" in old:
         return out
@@ -81,6 +87,9 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
         if not torch.equal(probe_logits(saved, tokenizer), reference):
             raise RuntimeError(f"{tmp}: the saved folder does not reproduce the GGUF model's logits")
         # specialists key their cache on the exact base weights; the probe lets anyone re-check the conversion
+        leaked = json.loads((tmp / "config.json").read_text(encoding="utf-8")).get("_model_name_or_path")
+        if leaked is not None:
+            raise RuntimeError(f"{tmp}/config.json: still carries the GGUF's _model_name_or_path {leaked!r}")
         write_manifest(tmp, {**manifest, "weights_sha256": file_sha256(tmp / "model.safetensors"),
                              "probe": {"text": PROBE, "last_logits_top8": top8(reference)}})
         share_tree(tmp)  # safetensors writes 0600: others on the machine may read the cache too

@@ -42,6 +42,7 @@ def test_conversion_keeps_tie_and_logits(demo):
     base = demo[1]["base"]
     config = json.loads((base / "config.json").read_text())
     assert config["tie_word_embeddings"] is True and "quantization_config" not in config
+    assert "_model_name_or_path" not in config  # the GGUF's general.name stays out of configs
     assert config["num_hidden_layers"] == 30 and config["vocab_size"] == 49152 and config["hidden_size"] == 576
     assert config["bos_token_id"] == 1 and config["eos_token_id"] == 2 and config["rope_parameters"]["rope_theta"] > 0
     assert not any(k.startswith("lm_head") for k in weights(base))
