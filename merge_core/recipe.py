@@ -386,11 +386,47 @@ _Dumper.add_representer(
 )
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def portable_path(model: str, folder: str | os.PathLike[str]) -> str:
+    """`model` as written in a recipe stored in `folder`: relative (`./x`, `../x`) to that folder when the model lies
+    beside or below it, or when both lie inside the working directory (the project a run writes into); else unchanged.
+
+    Our loader resolves relative paths against the recipe's folder; mergekit resolves them against its working
+    directory, so `cd <recipe folder> && mergekit-yaml recipe.yaml OUT` reads the same models.
+    """
+    if "+" in model and not Path(model).exists():  # <base>+<LoRA adapter>: each part on its own
+        return "+".join(portable_path(part, folder) for part in model.split("+"))
+    target = Path(model)
+    if not target.is_absolute() or not target.exists():
+        return model  # a Hub id, or already relative
+    target, folder, cwd = target.resolve(), Path(folder).resolve(), Path.cwd().resolve()
+    if not (_inside(target, folder) or (cwd != Path(cwd.anchor) and _inside(target, cwd) and _inside(folder, cwd))):
+        return model
+    rel = os.path.relpath(target, folder)
+    # "./" keeps a folder name from reading as a Hub id (`owner/name`) to mergekit
+    return rel if rel.startswith("..") else f"./{rel}"
+
+
+def portable_dict(data: Any, folder: str | os.PathLike[str]) -> Any:
+    """A recipe mapping with every local model path (values and provenance keys) made portable for `folder`."""
+    if isinstance(data, dict):
+        return {(portable_path(k, folder) if isinstance(k, str) else k): portable_dict(v, folder) for k, v in data.items()}
+    if isinstance(data, list):
+        return [portable_dict(v, folder) for v in data]
+    if isinstance(data, str) and (data.startswith(os.sep) or "+" in data):
+        return portable_path(data, folder)
+    return data
+
+
 def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> Path:
-    """Write a recipe as mergekit YAML atomically (temp file + rename); returns the path."""
+    """Write a recipe as mergekit YAML atomically (temp file + rename), model paths portable_path'd; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.dump(recipe_to_dict(recipe), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+    data = portable_dict(recipe_to_dict(recipe), path.parent)
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
     from merge_core.files import atomic_write_text, remove_stale_temps
 
     remove_stale_temps(path.parent, path.name)

@@ -19,7 +19,7 @@ from merge_core.files import atomic_write_text, file_mode, glob_escape, remove_s
 from merge_core.live import resolve_device, resolve_dtype
 from merge_core.overlap import refuse_overlap
 from merge_core.plan import merge_tensor, output_layers, plan_tensors
-from merge_core.recipe import Recipe, recipe_to_dict
+from merge_core.recipe import Recipe, portable_dict, recipe_to_dict
 from merge_core.sources import Sources, has_nonfinite
 from merge_core.tokenizer import TOKENIZER_FILES, chat_template_text, write_tokenizer_files  # noqa: F401  (re-export)
 
@@ -171,13 +171,15 @@ def _write_metadata(
         _write_json(tmp / "generation_config.json", derived)
     built = sources.vocabulary.tokenizer if sources.vocabulary is not None else None
     write_tokenizer_files(tmp, sources.tokenizer_path, built, template)
-    (tmp / "README.md").write_text(model_card(recipe, sources, card_extra), encoding="utf-8")
+    # paths relative to tmp equal those relative to the final folder: both sit in the same parent
+    (tmp / "README.md").write_text(model_card(recipe, sources, card_extra, folder=tmp), encoding="utf-8")
     # mergekit writes its config beside the weights under this name; the Hub's merge tooling looks for it
-    (tmp / "mergekit_config.yml").write_text(_recipe_yaml(recipe), encoding="utf-8")
+    (tmp / "mergekit_config.yml").write_text(_recipe_yaml(recipe, tmp), encoding="utf-8")
 
 
-def _recipe_yaml(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+def _recipe_yaml(recipe: Recipe, folder: Path | None = None) -> str:
+    data = recipe_to_dict(recipe)
+    return yaml.safe_dump(data if folder is None else portable_dict(data, folder), sort_keys=False, allow_unicode=True)
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -202,9 +204,9 @@ def _base_license(sources: Sources) -> str | None:
     return str(value) if isinstance(value, (str, int)) and str(value) else None
 
 
-def model_card(recipe: Recipe, sources: Sources, extra: str = "") -> str:
-    """README.md: front matter, what was merged, the recipe YAML (and `extra`, e.g. scores)."""
-    recipe_yaml = _recipe_yaml(recipe)
+def model_card(recipe: Recipe, sources: Sources, extra: str = "", folder: Path | None = None) -> str:
+    """README.md: front matter, what was merged, the recipe YAML (paths portable for `folder`) and `extra`, e.g. scores."""
+    recipe_yaml = _recipe_yaml(recipe, folder)
     ids = list(recipe.model_ids())
     hub = [m for m in ids if is_hub_id(m)]
     # Hugging Face conventions for merges: base_model lists Hub ids only (a local path means nothing on the Hub)
