@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def parse_args(args: list[str]) -> ConfArgs:
     for a in overrides:
         if a.startswith("-"):
             raise UserError(f"argument {a!r}: flags are not supported; use key=value overrides (and -m for a sweep)")
+        key, _, value = a.partition("=")
+        if key.lstrip("+~") in PATH_KEYS:
+            check_path_chars(key.lstrip("+~"), value, "")
     if len(names) != 1 or not names[0]:
         available = ", ".join(sorted(p.stem for p in conf_pkg.PATH.glob("*.yaml")))
         raise UserError(f"conf=NAME is required exactly once; choose one of {available} or a path to a YAML file")
@@ -126,6 +130,22 @@ def load_config(args: list[str]) -> tuple[DictConfig, ConfArgs]:
     return compose_config(cargs), cargs
 
 
+PATH_KEYS = ("out_dir", "storage")
+_INTERPOLATION = re.compile(r"\$\{[^{}]*\}")
+
+
+def check_path_chars(key: str, value: str, where: str) -> None:
+    """UserError when an out_dir or storage *path* holds { } ? %: Hydra's grammar, or the SQLite URL made from it,
+    would read them (`?` starts URL options, so two out_dirs could share one study); ${...} interpolations are fine."""
+    if key == "storage" and "://" in value:  # a URL: its own syntax (query options, escapes) is the user's to write
+        return
+    bad = sorted({c for c in _INTERPOLATION.sub("", value) if c in "{}?%"})
+    if bad:
+        raise UserError(f"{where + ': ' if where else ''}{key}: {value!r} holds {' '.join(bad)}; these characters "
+                        "are read by Hydra's override grammar or the SQLite URL built from the path; choose a path "
+                        "without { } ? % (interpolations such as ${optimizer.name} are fine)")
+
+
 def _check(cond: bool, where: str, key: str, what: str) -> None:
     if not cond:
         raise UserError(f"{where}: {key} {what}")
@@ -138,6 +158,9 @@ def validate(cfg: DictConfig, where: str) -> None:
     _check(cfg.heartbeat_interval >= 1 and cfg.grace_period > cfg.heartbeat_interval, where,
            "heartbeat_interval/grace_period", "must be >= 1 and grace_period > heartbeat_interval")
     _check(bool(cfg.study_name) and "/" not in cfg.study_name, where, "study_name", "must be a non-empty name without '/'")
+    check_path_chars("out_dir", str(cfg.out_dir), where)
+    if cfg.storage:
+        check_path_chars("storage", str(cfg.storage), where)
     out = Path(cfg.out_dir)
     _check(not out.exists() or out.is_dir(), where, "out_dir", f"= {out} is a file; give a folder path")
     _probe_writable(out)

@@ -13,6 +13,8 @@ attention value and `post_attention_layernorm` the MLP value.
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +148,18 @@ class Genome:
         return recipe
 
 
+EMBED_GENE = "embed_norm_head"  # the one gene of the embeddings, the final norm and the head (EMBED_FILTERS)
+
+
+def short_names(sources: list[str]) -> list[str]:
+    """A source's name in gene names (what optuna-dashboard shows): its folder or repo name, made unique."""
+    names = []
+    for i, src in enumerate(sources):
+        name = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(str(src).split("+")[-1]).name).strip("_") or f"s{i}"
+        names.append(name)
+    return [n if names.count(n) == 1 else f"{n}_s{i}" for i, n in enumerate(names)]
+
+
 def declare(method: DictConfig | dict, genome: DictConfig | dict, *, n_layers: int, base: str,
             sources: list[str], tokenizer_source: str | None = None) -> Genome:
     """The one declaration of the search space for a method config, genome config and model shape."""
@@ -156,11 +170,12 @@ def declare(method: DictConfig | dict, genome: DictConfig | dict, *, n_layers: i
     n_groups = math.ceil(n_layers / group_size)
     parts = ("attn", "mlp") if split else ("layer",)
     genes: list[Gene] = []
+    short = short_names(sources)
     for param, b in method["search"].items():
         owners: list[int | None] = list(range(len(sources))) if b.get("per_source", True) else [None]
         for src in owners:
-            prefix = f"{param}.s{src}" if src is not None else param
-            genes.append(Gene(f"{prefix}.embed", param, src, "embed", None, b["low"], b["high"]))
+            prefix = f"{param}.{short[src]}" if src is not None else param
+            genes.append(Gene(f"{prefix}.{EMBED_GENE}", param, src, "embed", None, b["low"], b["high"]))
             for part in parts:
                 for g in range(n_groups):
                     genes.append(Gene(f"{prefix}.{part}{g:02d}", param, src, part, g, b["low"], b["high"]))

@@ -56,6 +56,15 @@ def _job_config(cfg, multirun: bool):
         hc = HydraConfig.get()
         cfg.out_dir = hc.runtime.output_dir
         cfg.study_name = f"{cfg.study_name}_job{hc.job.num}"
+        overrides = list(hc.overrides.task)
+        # a person reading a sweep sees which job is which, on the console and in the job's own folder
+        print(f"== sweep job {hc.job.num}: {' '.join(overrides) or '(no overrides)'} -> {cfg.out_dir}", flush=True)
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        from merge_core.files import atomic_write_text
+
+        atomic_write_text(out / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create({"job": int(hc.job.num),
+                                                                                       "overrides": overrides})))
     return cfg
 
 

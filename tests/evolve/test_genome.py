@@ -36,9 +36,9 @@ def test_groups_map_to_consecutive_layers():
     params = _random_params(g)
     lv = g.layer_values(params)
     w = lv["weight"][1]["layer"]
-    assert w[0] == w[1] == params["weight.s1.layer00"] and w[2] == w[3] == params["weight.s1.layer01"]
-    assert w[4] == params["weight.s1.layer02"] and not any(math.isnan(v) for v in w)
-    assert lv["density"][0]["embed"] == [params["density.s0.embed"]]
+    assert w[0] == w[1] == params["weight.y.layer00"] and w[2] == w[3] == params["weight.y.layer01"]
+    assert w[4] == params["weight.y.layer02"] and not any(math.isnan(v) for v in w)
+    assert lv["density"][0]["embed"] == [params["density.x.embed_norm_head"]]
 
 
 def test_baseline_is_equal_weights_and_default_density():
@@ -102,3 +102,11 @@ def test_mergekit_reads_the_same_per_layer_values(tmp_path):
             part = "layer" if not split else ("mlp" if ("mlp" in name or "post_attention" in name) else "attn")
             want = parts[part][layer]
         assert value == pytest.approx(want, abs=1e-12), key
+
+
+def test_gene_names_use_the_sources_short_names():
+    from evolve.genome import short_names
+
+    assert short_names(["/m/arith", "org/units", "/x/units", "base+/ad/lora"]) == ["arith", "units_s1", "units_s2", "lora"]
+    g = declare(TIES, {"layer_group_size": 5, "split_attn_mlp": False}, n_layers=5, base="B", sources=["/m/arith", "/m/units"])
+    assert list(g.distributions())[:2] == ["weight.arith.embed_norm_head", "weight.arith.layer00"]

@@ -45,10 +45,10 @@ def test_every_layer_gets_its_groups_value(shape, group, split):
         part = ("mlp" if "mlp" in p.out_name or "post_attention" in p.out_name else "attn") if split else "layer"
         for src, model in enumerate(["x", "y"]):
             for param in ("weight", "density"):
-                want = params[f"{param}.s{src}.{part}{g:02d}"]
+                want = params[f"{param}.{model}.{part}{g:02d}"]
                 assert p.params[model][param] == pytest.approx(want, abs=1e-12), (p.out_name, param)
     embed = next(p for p in plans if p.kind == "embed")
-    assert embed.params["x"]["weight"] == params["weight.s0.embed"]
+    assert embed.params["x"]["weight"] == params["weight.x.embed_norm_head"]
 
 
 @pytest.fixture(scope="module")
