@@ -235,7 +235,7 @@ def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[P
         pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
         ax.scatter([t.number for t in pruned], [t.intermediate_values.get(max(t.intermediate_values), math.nan)
                                                if t.intermediate_values else math.nan for t in pruned],
-                   s=10, marker="x", color="grey", label="pruned (last stage)")
+                   s=10, marker="x", color="grey", label="pruned: score on the partial dev items it was stopped at")
         ax.set_ylabel("objective (weighted dev score)")
     else:
         for i, task in enumerate(cfg.tasks.names):
@@ -252,24 +252,46 @@ def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[P
 
         written.append(_save(path_figure(world.genome, best.params, f"best path (trial {best.number})"), out / "path.png"))
         return written + _pareto(cfg, study, done, out) if multi else written
-    lv = world.genome.layer_values(best.params)
-    labels, matrix = [], []
-    for param, by_src in lv.items():
+    written.append(_save(heatmap(world.genome, best.params, f"best recipe (trial {best.number})"),
+                         out / "recipe_heatmap.png"))
+    return written + _pareto(cfg, study, done, out) if multi else written
+
+
+def heatmap(genome: Any, params: dict[str, float], title: str) -> Any:
+    """Per-layer values of one point: a row per (parameter, source, part), a column per layer, plus the gene that
+    sets the embeddings, final norm and head (first column); labelled colour bar, values written in small maps."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels, rows = [], []
+    for param, by_src in genome.layer_values(params).items():
         for src, parts in by_src.items():
-            who = "all" if src is None else Path(world.genome.sources[src]).name
+            who = "all sources" if src is None else Path(genome.sources[src]).name
+            embed = parts.get("embed", [math.nan])[0]
             for part, values in parts.items():
                 if part != "embed":
-                    labels.append(f"{param} {who} {part}")
-                    matrix.append(values)
-    fig, ax = plt.subplots(figsize=(max(5, 0.5 * world.genome.n_layers + 3), 0.45 * len(labels) + 1.5))
-    im = ax.imshow(np.array(matrix), aspect="auto", cmap="viridis")
+                    labels.append(f"{param}: {who}" + (f" ({part})" if part != "layer" else ""))
+                    rows.append([embed, *values])
+    matrix = np.array(rows, dtype=float)
+    n_layers = matrix.shape[1] - 1
+    fig, ax = plt.subplots(figsize=(min(16.0, 2.8 + 0.42 * (n_layers + 1)), 1.1 + 0.42 * len(labels)))
+    im = ax.imshow(matrix, aspect="auto", cmap="viridis")
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    step = max(1, round(n_layers / 16))  # at most ~16 layer numbers, always starting at layer 0
+    ticks = [0] + [1 + i for i in range(0, n_layers, step)]
+    ax.set_xticks(ticks, ["emb/norm/\nhead"] + [str(i) for i in range(0, n_layers, step)], fontsize=8)
+    ax.axvline(0.5, color="white", linewidth=2)  # the embeddings/norm/head gene is not a layer
     ax.set_xlabel("layer")
-    ax.set_title(f"best recipe (trial {best.number}): per-layer values")
-    fig.colorbar(im, ax=ax)
-    written.append(_save(fig, out / "recipe_heatmap.png"))
-
-    return written + _pareto(cfg, study, done, out) if multi else written
+    ax.set_title(title, fontsize=10)
+    if matrix.size <= 200:
+        lo, hi = np.nanmin(matrix), np.nanmax(matrix)
+        for (r, c), v in np.ndenumerate(matrix):
+            if not math.isnan(v):
+                dark = hi > lo and (v - lo) / (hi - lo) < 0.6
+                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    names = sorted({label.split(":")[0] for label in labels})
+    fig.colorbar(im, ax=ax, pad=0.02).set_label(f"value of {', '.join(names)}", fontsize=8)
+    return fig
 
 
 def _pareto(cfg: DictConfig, study: optuna.Study, done: list, out: Path) -> list[Path]:
@@ -291,7 +313,7 @@ def _save(fig: Any, path: Path) -> Path:
 
     tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip("."))
+    fig.savefig(tmp, dpi=100, format=path.suffix.lstrip("."), bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     os.replace(tmp, path)
     return path

@@ -79,3 +79,22 @@ def test_fixed_rows_are_reused_by_a_fresh_study_and_keyed_by_content(tmp_path, m
     cfg.tasks.test_limit = None
     monkeypatch.setattr(score_cache, "_code_digest", lambda: "other merge code")
     assert key != score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])
+
+
+def test_heatmap_has_layer_numbers_the_embed_gene_and_a_labelled_colour_bar():
+    import optuna
+
+    from evolve.genome import declare
+    from evolve.report import heatmap
+
+    method = {"name": "ties", "search": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.1, "high": 1.0}},
+              "baseline": {"weight": None, "density": 0.5}, "options": {"normalize": True}}
+    g = declare(method, {"layer_group_size": 2, "split_attn_mlp": False}, n_layers=5, base="/m/b", sources=["/m/x", "/m/y"])
+    params = g.suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask())
+    fig = heatmap(g, params, "t")
+    ax, bar = fig.axes
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["emb/norm/\nhead", "0", "1", "2", "3", "4"]
+    assert bar.get_ylabel() == "value of density, weight"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["weight: x", "weight: y", "density: x", "density: y"]
+    embed = params[next(n for n in params if n.endswith("s0.embed") and n.startswith("weight"))]
+    assert ax.images[0].get_array()[0, 0] == embed  # the first column is the embeddings/norm/head gene
