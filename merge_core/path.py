@@ -102,7 +102,7 @@ def apply_path(model: PreTrainedModel, recipe: Recipe, sources: Sources) -> None
             elif plan.out_name not in params:
                 raise UserError(f"{recipe.where}: the live model has no parameter {plan.out_name}; build it with build_live_model(sources)")
             else:
-                _set_param(model, plan.out_name, _tensor(plan, fetch, recipe, dtype))
+                _set_param(model, plan.out_name, _tensor(plan, fetch, recipe, dtype, sources))
         if sources.output_tied:
             _tie(model, sources)
         layers = [_layer(model, j, by_layer[j], fetch, recipe, dtype, pool) for j in sorted(by_layer)]
@@ -113,10 +113,21 @@ def apply_path(model: PreTrainedModel, recipe: Recipe, sources: Sources) -> None
     model.__dict__[_MODE] = True
 
 
-def _tensor(plan: TensorPlan, fetch, recipe: Recipe, dtype: torch.dtype) -> torch.Tensor:
+def _tensor(plan: TensorPlan, fetch, recipe: Recipe, dtype: torch.dtype, sources: Sources | None = None) -> torch.Tensor:
     """The cached source tensor itself when unscaled, else the scaled tensor in its own storage."""
     (model_id, name), = plan.inputs.items()
-    if plan.params[model_id].get("scale") is None:
+    scaled = plan.params[model_id].get("scale") is not None
+    if sources is not None and sources.vocabulary is not None and plan.kind in ("embed", "head"):
+        # rows re-indexed to the output tokenizer (vocab.py): own storage, cached while unscaled
+        device = fetch(model_id, name).device
+        key = ("aligned-path", plan.out_name, model_id, str(device), str(dtype))
+        if scaled or key not in sources.device_cache:
+            tensor = merge_tensor(plan, fetch, recipe.seed, device, align=sources.align).to(dtype)
+            if scaled:
+                return tensor
+            sources.device_cache[key] = tensor
+        return sources.device_cache[key]
+    if not scaled:
         return fetch(model_id, name)
     return merge_tensor(plan, fetch, recipe.seed, fetch(model_id, name).device).to(dtype)
 

@@ -114,11 +114,6 @@ class Sources:
             models[model_id] = opened[path] if adapter is None else LoraCheckpoint(opened[path], adapter, model_id, where)
         base_id = recipe.base_model or recipe.model_ids()[0]
         source, block = vocab_source(recipe)
-        from merge_core.methods import METHODS
-
-        if source is not None and METHODS[recipe.merge_method].layer_paths:
-            raise UserError(f"{where}: tokenizer_source: not supported with {recipe.merge_method} (layer paths) yet; "
-                            "stack models that share a vocabulary, without tokenizer_source")
         arch = _check_configs(models, base_id, where, aligned=source is not None)
         _check_weights(models, arch, where, aligned=source is not None)
         tokenizer_path = _tokenizer_path(recipe, models, base_id, root, where)

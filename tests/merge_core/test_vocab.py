@@ -149,12 +149,26 @@ def test_block_round_trips_and_unknown_token_model_refused(vocab_models, tmp_pat
         Sources.open(bad)
 
 
-def test_tokenizer_source_with_passthrough_refused(vocab_models):
+def test_passthrough_with_union_live_equals_written(vocab_models, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     m = vocab_models
     recipe = parse_recipe({"merge_method": "passthrough", "tokenizer_source": "union", "dtype": "float32",
-                           "slices": [{"sources": [{"model": str(m["base"]), "layer_range": [0, 2]}]}]})
-    with pytest.raises(UserError, match="tokenizer_source: not supported with passthrough"):
-        Sources.open(recipe)
+                           "slices": [{"sources": [{"model": str(m["added"]), "layer_range": [0, 2]}]},
+                                      {"sources": [{"model": str(m["padded"]), "layer_range": [1, 2]}],
+                                       "parameters": {"scale": [{"filter": "o_proj", "value": 0.5}, {"value": 1.0}]}}]})
+    sources = Sources.open(recipe)
+    out = write_model(recipe, sources, tmp_path / "out", progress=False)
+    tok = AutoTokenizer.from_pretrained(out)
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == len(tok) == 130 and config["num_hidden_layers"] == 3
+    written = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    live = build_live_model(sources, "cpu", "float32")
+    merge_into(live, recipe, sources)
+    merge_into(live, recipe, sources)
+    ids = torch.tensor([tok("<|tool|>hi <|think|>x")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(written(ids).logits, live(ids).logits, atol=1e-6, rtol=0)
 
 
 def test_token_listed_without_source_gets_the_default_rule(vocab_models, tmp_path):

@@ -67,6 +67,9 @@ def _recipes(m: dict[str, Path]) -> dict[str, dict]:
         "linear_union_no_base": {"merge_method": "linear", "dtype": "float32", "tokenizer_source": "union",
                                  "models": [{"model": padded, "parameters": {"weight": 0.3}},
                                             {"model": added, "parameters": {"weight": 0.7}}]},
+        "passthrough_union": {"merge_method": "passthrough", "dtype": "float32", "tokenizer_source": "union",
+                              "slices": [{"sources": [{"model": added, "layer_range": [0, 2]}]},
+                                         {"sources": [{"model": padded, "layer_range": [1, 3]}]}]},
         # task_arithmetic: TIES would keep an arbitrary subset of the identical padding rows' tied magnitudes
         "block_padded": ties({"tokenizer": {"source": "union", "pad_to_multiple_of": 64, "tokens": {
             "<|tool|>": {"source": added},
