@@ -40,6 +40,9 @@ def _rows_to_score(cfg: DictConfig, best: Any, world: Any) -> list[tuple[str, st
         data = {"merge_method": "linear", "models": [{"model": src, "parameters": {"weight": 1.0}}], "dtype": "float32"}
         name = Path(src).name or src
         rows.append((f"base ({name})" if src == base else name, "source", parse_recipe(data, where=f"source {src}")))
+    for extra in getattr(g, "stacks", [])[1 + len(g.sources):]:  # ps_dfs: the PS result its DFS stage stacks
+        data = {"merge_method": "linear", "models": [{"model": extra, "parameters": {"weight": 1.0}}], "dtype": "float32"}
+        rows.append(("PS stage best", "baseline", parse_recipe(data, where=f"stack {extra}")))
     for name in BASELINES:
         method = yaml.safe_load((conf_pkg.PATH / "method" / f"{name}.yaml").read_text())
         bg = declare(method, {**world.cfg.genome, "kind": "ps"}, n_layers=g.n_layers, base=base, sources=g.sources,
@@ -355,4 +358,13 @@ def _light_world(cfg: DictConfig, study: optuna.Study) -> Any:
     base, sources = resolve_models(cfg, progress=False)
     n_layers = int(Checkpoint(Path(base)).config["num_hidden_layers"])
     return SimpleNamespace(genome=make_genome(cfg.method, cfg.genome, n_layers=n_layers, base=base, sources=sources,
-                                              tokenizer_source=cfg.models.get("tokenizer_source")))
+                                              tokenizer_source=cfg.models.get("tokenizer_source"), extra_stacks=_ps_stack(cfg)))
+
+
+def _ps_stack(cfg: DictConfig) -> list[str] | None:
+    """ps_dfs: the PS result is the last DFS stack."""
+    if cfg.genome.kind != "ps_dfs":
+        return None
+    from evolve.ps_dfs import ps_model_dir
+
+    return [str(ps_model_dir(cfg))]

@@ -111,13 +111,21 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
 
     n_layers = int(Checkpoint(Path(base)).config["num_hidden_layers"]) if Path(base).is_dir() else None
     tok_source = cfg.models.get("tokenizer_source")
+    extra = None
+    if cfg.genome.kind == "ps_dfs":
+        from evolve.ps_dfs import ps_model_dir
+
+        extra = [str(ps_model_dir(cfg))]
+        if not (ps_model_dir(cfg) / "config.json").is_file():
+            raise UserError(f"genome=ps_dfs: no PS result at {ps_model_dir(cfg)}; run `evolve search` with this "
+                            "config first (its first stage writes it)")
     genome = make_genome(cfg.method, cfg.genome, n_layers=n_layers or 1, base=base, sources=sources,
-                         tokenizer_source=tok_source)
+                         tokenizer_source=tok_source, extra_stacks=extra)
     first = parse_recipe(genome.opening_recipe({"seed": cfg.seed}), where="search")
     opened = Sources.open(first)
     if n_layers is None:  # a hub id: the layer count is only known once opened
         genome = make_genome(cfg.method, cfg.genome, n_layers=opened.num_layers, base=base, sources=sources,
-                             tokenizer_source=tok_source)
+                             tokenizer_source=tok_source, extra_stacks=extra)
     model = build_live_model(opened, cfg.device, cfg.dtype)
     tokenizer = opened.output_tokenizer()  # a union tokenizer exists only in memory until export
     if evaluator_factory is None:
@@ -323,12 +331,14 @@ def run_search(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = N
         # many threads on a tiny model (or a shared machine) spend more time in sync than in math
         torch.set_num_threads(int(cfg.threads))
     check_before_loading(cfg, evaluator_factory)
-    if cfg.genome.kind == "ps_dfs":
-        raise UserError("genome=ps_dfs: the two-stage search is not available in this build; run genome=ps, then genome=dfs")
     check_outputs(cfg, resolve_models(cfg, progress=cfg.progress))
     old = identity.existing_study(cfg)
     if old is not None:  # a resume: the same experiment, or refused before any model is opened
         identity.verify(cfg, old, "search")
+    if cfg.genome.kind == "ps_dfs":  # stage 1: the PS search whose best joins the DFS stacks (evolve.ps_dfs)
+        from evolve.ps_dfs import run_ps_stage
+
+        run_ps_stage(cfg, evaluator_factory)
     world = build_world(cfg, evaluator_factory)
     models = resolve_models(cfg, progress=False)
     # the sources' weights as well, before the study is written to

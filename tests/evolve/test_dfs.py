@@ -145,3 +145,30 @@ def _eval_tasks() -> str:
     import evolve
 
     return str(Path(evolve.__file__).resolve().parent.parent / "eval_tasks")
+
+
+def test_tiny_ps_dfs_is_a_pair_of_recipes_that_rebuild_bit_identically(toy_models, tmp_path):
+    from evolve.cli import main
+    from evolve.commands import merge as merge_cmd
+
+    out = tmp_path / "psdfs"
+    cache = toy_models["base"].parent
+    args = ["search", "conf=tiny", "genome=ps_dfs", "genome.ps_trials=3", "n_trials=3", f"out_dir={out}",
+            f"models.cache_dir={cache}", "progress=false"]
+    assert main(args) == 0
+    stage1, stage2 = out / "ps" / "best", out / "best"
+    first = yaml.safe_load((stage1 / "recipe.yaml").read_text())
+    second = yaml.safe_load((stage2 / "recipe.yaml").read_text())
+    assert first["merge_method"] == "ties" and second["merge_method"] == "passthrough"
+    assert str((stage1 / "model").resolve()) in second["evolve_merge"]["source_hashes"]  # stage 2 stacks the PS result
+    rows = json.loads((out / "report" / "results.json").read_text())
+    assert any(r["name"] == "PS stage best" for r in rows)
+    for stage in (stage1, stage2):
+        again = tmp_path / f"again_{stage.parent.name}"
+        assert merge_cmd.run([f"recipe={stage / 'recipe.yaml'}", f"out={again}", "device=cpu"]) == 0
+        a, b = _tensors(stage / "model"), _tensors(again)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stage
+    # a resume runs neither stage again and leaves the PS result as it is
+    before = (stage1 / "model" / "model.safetensors").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (stage1 / "model" / "model.safetensors").stat().st_mtime_ns == before
