@@ -3,8 +3,9 @@
 Layout: the layers `genome.layer_range` of the M stacks (the base, then every source; ps_dfs adds the PS result)
 are laid out in order and the whole sequence repeated `genome.repeats` times; each slot has a real-valued
 indicator (slot kept when > 0) and a scale of its residual writers (`o_proj`, `down_proj`: the exportable form of
-Sakana's scaling matrix W). The path is the base's first `fixed_first` layers, the kept slots in order, then the
-base's last `fixed_last` layers (embedding side and head side stay the base's); at most `max_depth` layers (slots
+Sakana's scaling matrix W). The path is the anchor's first `fixed_first` layers, the kept slots in order, then the
+anchor's last `fixed_last` layers (embedding side and head side stay the anchor's: the base, or under ps_dfs the
+PS result); at most `max_depth` layers (slots
 past it are dropped, in order). Size of the space: 2 x M x len(layer_range) x repeats floats (one per slot when
 scale_low == scale_high), so a trial budget sets how many layers and repeats can be searched.
 """
@@ -49,6 +50,7 @@ class DfsGenome:
     scale_high: float
     slots: list[Slot] = field(default_factory=list)
     tokenizer_source: str | None = None  # written into every recipe (vocabularies that differ)
+    anchor: int = 0  # the stack whose first/last layers are fixed and whose own path is the first baseline
     kind: str = "dfs"
 
     def distributions(self) -> dict[str, optuna.distributions.FloatDistribution]:
@@ -75,9 +77,9 @@ class DfsGenome:
         return point
 
     def baselines(self) -> list[dict[str, float]]:
-        """Untuned paths to enqueue: each stack's own layers between the base's fixed ends (the first is the base)."""
+        """Untuned paths to enqueue: each stack's own layers between the anchor's fixed ends (the anchor's first)."""
         points: list[dict[str, float]] = []
-        for m in range(len(self.stacks)):
+        for m in [self.anchor] + [m for m in range(len(self.stacks)) if m != self.anchor]:
             p = self._point(m)
             if p not in points:
                 points.append(p)
@@ -98,8 +100,8 @@ class DfsGenome:
             # an empty path is no model: keep the slot the optimizer liked best
             s = max(self.slots, key=lambda s: params[s.on])
             kept = [(s.stack, s.layer, params[s.scale] if s.scale else self.scale_low)]
-        head = [(0, i, 1.0) for i in range(self.fixed_first)]
-        tail = [(0, i, 1.0) for i in range(self.n_layers - self.fixed_last, self.n_layers)]
+        head = [(self.anchor, i, 1.0) for i in range(self.fixed_first)]
+        tail = [(self.anchor, i, 1.0) for i in range(self.n_layers - self.fixed_last, self.n_layers)]
         return head + kept[: max(room, 0)] + tail
 
     def recipe_dict(self, params: dict[str, float], provenance: dict[str, Any] | None = None,
@@ -138,7 +140,11 @@ class DfsGenome:
 
 def declare_dfs(genome: dict[str, Any], *, n_layers: int, base: str, sources: list[str],
                 extra_stacks: list[str] | None = None, tokenizer_source: str | None = None) -> DfsGenome:
-    """The DFS space for a genome config and model shape; `extra_stacks` (ps_dfs: the PS result) join the stacks."""
+    """The DFS space for a genome config and model shape; `extra_stacks` (ps_dfs: the PS result) join the stacks.
+
+    With extra stacks the last one is the anchor: its ends are fixed and its own path is the first baseline, so a
+    ps_dfs DFS stage starts from the PS result (Sakana's DFS runs over the PS merge and the sources).
+    """
     repeats = int(genome.get("repeats") or 1)
     lr = genome.get("layer_range")
     a, b = (0, n_layers) if lr is None else (int(lr[0]), int(lr[1]))
@@ -164,4 +170,5 @@ def declare_dfs(genome: dict[str, Any], *, n_layers: int, base: str, sources: li
                 slots.append(Slot(r, m, layer, f"{name}.on", f"{name}.scale" if high > low else None))
     return DfsGenome(base=base, stacks=stacks, sources=list(sources), n_layers=n_layers, repeats=repeats,
                      layer_range=(a, b), fixed_first=fixed_first, fixed_last=fixed_last, max_depth=max_depth,
-                     scale_low=low, scale_high=high, slots=slots, tokenizer_source=tokenizer_source)
+                     scale_low=low, scale_high=high, slots=slots, tokenizer_source=tokenizer_source,
+                     anchor=len(stacks) - 1 if extra_stacks else 0)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 
+import optuna
 import pytest
 import torch
 import yaml
@@ -46,6 +47,14 @@ def test_path_keeps_positive_slots_in_order_scales_writers_and_stops_at_max_dept
     scaled = recipe.slices[1]
     assert scaled.sources[0].model == "x" and scaled.sources[0].layer_range == (2, 3)
     assert {c.filter: c.value for c in scaled.parameters["scale"]} == {"o_proj": 0.7, "down_proj": 0.7}
+
+
+def test_ps_dfs_anchors_on_the_ps_result():
+    g = declare_dfs(DFS, n_layers=4, base="B", sources=["x"], extra_stacks=["P"])
+    assert g.stacks == ["B", "x", "P"] and g.anchor == 2
+    assert g.recipe_dict(g.baselines()[0])["slices"] == [{"sources": [{"model": "P", "layer_range": [0, 4]}]}]
+    params = g.baselines()[0] | {"r0.m1.l001.on": 0.5, "r0.m1.l001.scale": 1.0}
+    assert [s["sources"][0]["model"] for s in g.recipe_dict(params)["slices"]] == ["P", "x", "P"]
 
 
 def test_an_empty_path_keeps_the_best_slot():
@@ -163,6 +172,10 @@ def test_tiny_ps_dfs_is_a_pair_of_recipes_that_rebuild_bit_identically(toy_model
     assert str((stage1 / "model").resolve()) in second["evolve_merge"]["source_hashes"]  # stage 2 stacks the PS result
     rows = json.loads((out / "report" / "results.json").read_text())
     assert any(r["name"] == "PS stage best" for r in rows)
+    # stage 2 starts from the PS result (its first baseline), so it ends at least as good on dev
+    ps_study = optuna.load_study(study_name="tiny-ps", storage=f"sqlite:///{out / 'ps' / 'study.db'}")
+    dfs_study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    assert dfs_study.best_value >= ps_study.best_value
     for stage in (stage1, stage2):
         again = tmp_path / f"again_{stage.parent.name}"
         assert merge_cmd.run([f"recipe={stage / 'recipe.yaml'}", f"out={again}", "device=cpu"]) == 0
