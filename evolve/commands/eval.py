@@ -1,5 +1,7 @@
 """`evolve eval model=DIR tasks=[a,b] [split=dev|test] [batch_size=8] [device=auto] [limit=N] [dtype=float32] [out=FILE.json]
-[include_path=DIR]` (default: the eval_tasks folder).
+[include_path=DIR or [DIR,...]]`: eval_tasks/ plus the given folders of lm-eval task YAMLs (any layout, flat included).
+A task that is not an eval_tasks pair is scored on the split's documents of the project's default partition
+(evolve/splits.py); a study with its own tasks.split is reproduced by the report's lm_eval --samples command.
 
 The JSON goes beside the model folder, never into it (a model folder holds the model only, so it can be copied or
 uploaded as is): `DIR_eval_<split>.json` by default, e.g. `runs/demo/best/model_eval_test.json`.
@@ -39,9 +41,11 @@ def run(args: list[str]) -> int:
     check_eval_out(out)
 
     include_path = opts.get("include_path")
-    if include_path is not None and not Path(str(include_path)).is_dir():
-        raise UserError(f"include_path: {include_path} is not a folder; pass a folder of task folders")
-    include_path = None if include_path is None else Path(str(include_path))
+    folders = [] if include_path is None else include_path if isinstance(include_path, list) else [include_path]
+    for folder in folders:
+        if not Path(str(folder)).is_dir():
+            raise UserError(f"include_path: {folder} is not a folder; pass folders of lm-eval task YAMLs")
+    include_path = [Path(str(f)) for f in folders] or None
 
     from evolve.tasks import resolve, validate
 

@@ -220,3 +220,35 @@ def test_llama32_offline_names_every_missing_task_before_any_model(tmp_path: Pat
     assert len(lines) == 1 and "Retrying" not in proc.stderr, proc.stderr[-2000:]
     assert all(t in lines[0] for t in ("arc_easy", "hellaswag", "gsm8k")) and "tasks.include_path" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_command_takes_a_flat_include_path_task(tmp_path: Path, tiny_models) -> None:
+    """`evolve eval include_path=[DIR]` runs a flat task YAML (as `lm_eval --include_path DIR` does) on its test ids."""
+    from evolve.cli import main
+
+    flat = write_flat_task(tmp_path / "mytasks")
+    out = tmp_path / "eval.json"
+    assert main(["eval", f"model={tiny_models['base']}", f"tasks=[{TASK}]", f"include_path=[{flat}]", "split=test",
+                 f"out={out}", "device=cpu"]) == 0
+    data = json.loads(out.read_text())
+    assert list(data["scores"]) == [f"{TASK}_test"] and data["n_items"][f"{TASK}_test"] == 180
+
+
+def test_model_card_front_matter_follows_hub_conventions(tmp_path: Path, tiny_models) -> None:
+    """Hub ids only in base_model, the base's license carried over, the recipe as mergekit_config.yml."""
+    import shutil
+
+    from merge_core.recipe import parse_recipe
+    from merge_core.sources import Sources
+    from merge_core.writer import is_hub_id, model_card
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_models["base"], base)
+    (base / "README.md").write_text("---\nlicense: llama3.2\n---\n# base\n")
+    recipe = parse_recipe({"merge_method": "task_arithmetic", "base_model": str(base),
+                           "models": [{"model": str(tiny_models["ft_a"]), "parameters": {"weight": 1.0}}]})
+    card = model_card(recipe, Sources.open(recipe))
+    front = yaml.safe_load(card.split("---")[1])
+    assert front == {"license": "llama3.2", "library_name": "transformers", "tags": ["merge", "mergekit", "evolve-merge"]}
+    assert str(tiny_models["ft_a"]) in card
+    assert is_hub_id("meta-llama/Llama-3.2-1B") and not is_hub_id(str(base)) and not is_hub_id("./x/y")
