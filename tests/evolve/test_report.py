@@ -96,5 +96,5 @@ def test_heatmap_has_layer_numbers_the_embed_gene_and_a_labelled_colour_bar():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["emb/norm/\nhead", "0", "1", "2", "3", "4"]
     assert bar.get_ylabel() == "value of density, weight"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["weight: x", "weight: y", "density: x", "density: y"]
-    embed = params[next(n for n in params if n.endswith("s0.embed") and n.startswith("weight"))]
+    embed = params[next(n for n in params if n == "weight.x.embed_norm_head")]
     assert ax.images[0].get_array()[0, 0] == embed  # the first column is the embeddings/norm/head gene
