@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from evolve.errors import UserError
@@ -20,6 +22,14 @@ COMMANDS: dict[str, str] = {
     "report": "report",
     "prepare": "prepare",
 }
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, timeout, SLURM) raised as an interrupt, so it unwinds like Ctrl-C: trial told failed."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
+
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 USAGE = "usage: evolve {" + ",".join(COMMANDS) + "} key=value ... (see README.md)"
@@ -40,6 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        return _run(name, rest)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(name: str, rest: list[str]) -> int:
     try:
         module = importlib.import_module(f"evolve.commands.{COMMANDS[name]}")
         return int(module.run(rest) or 0)
@@ -47,13 +67,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
-        if exc.errno not in WRITE_ERRNOS:
-            raise
-        # the disk or the permissions, not our code: say which file and what to do, no traceback
+        # the disk, the permissions or the file system, not our code: say which file and what to do, no traceback
         where = exc.filename or "output"
-        print(f"error: {where}: cannot write ({exc.strerror}); free disk space or choose a writable "
-              "out/out_dir, then run the same command again", file=sys.stderr)
-        return 2
+        if exc.errno in WRITE_ERRNOS:
+            print(f"error: {where}: cannot write ({exc.strerror}); free disk space or choose a writable "
+                  "out/out_dir, then run the same command again", file=sys.stderr)
+            return 2
+        print(f"error: {where}: {exc.strerror or exc} (OSError {exc.errno}); check the file system, then run the "
+              "same command again", file=sys.stderr)
+        return 1
+    except Terminated:
+        print("terminated (SIGTERM): the running trial is marked failed and not counted; run the same command "
+              "again to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

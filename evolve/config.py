@@ -61,14 +61,22 @@ def resolve_conf(name: str) -> tuple[Path, str]:
     """Map `tiny` to conf/tiny.yaml, or a path to a YAML file to its folder and stem."""
     if name.endswith((".yaml", ".yml")) or os.sep in name or "/" in name:
         path = Path(name).expanduser().resolve()
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"conf={name}: no such file; give conf=NAME (a file in {conf_pkg.PATH}) or a YAML path")
+        _check_file(path)
         return path.parent, path.stem
     path = conf_pkg.PATH / f"{name}.yaml"
     if not path.is_file():
         available = ", ".join(sorted(p.stem for p in conf_pkg.PATH.glob("*.yaml")))
         raise UserError(f"conf={name}: no such config; choose one of {available} or give a path to a YAML file")
     return conf_pkg.PATH, name
+
+
+def _check_file(path: Path) -> None:
+    """Before Hydra reads it: a regular UTF-8 file of sane size whose YAML aliases do not explode."""
+    from merge_core.textfile import check_yaml_size, read_text
+
+    check_yaml_size(read_text(path, f"conf={path}"), f"conf={path}")
 
 
 def hydra_overrides(config_dir: Path) -> list[str]:
@@ -146,6 +154,9 @@ def check_path_chars(key: str, value: str, where: str) -> None:
                         "without { } ? % (interpolations such as ${optimizer.name} are fine)")
 
 
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
+
+
 def _check(cond: bool, where: str, key: str, what: str) -> None:
     if not cond:
         raise UserError(f"{where}: {key} {what}")
@@ -166,7 +177,8 @@ def validate(cfg: DictConfig, where: str) -> None:
     _probe_writable(out)
     _check(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), where, "device",
            f"= {cfg.device} must be auto, cpu, cuda or cuda:N")
-    _check(cfg.threads >= 0, where, "threads", "must be >= 0 (0 = torch's default)")
+    _check(0 <= cfg.threads <= MAX_THREADS, where, "threads",
+           f"= {cfg.threads} must be in [0, {MAX_THREADS}] (0 = torch's default; more threads than this crash torch)")
     _check(cfg.dtype in ("float32", "bfloat16", "float16"), where, "dtype", "must be float32, bfloat16 or float16")
     _check(cfg.out_dtype in ("float32", "bfloat16", "float16"), where, "out_dtype", "must be float32, bfloat16 or float16")
     _check(cfg.optimizer.name in OPTIMIZERS, where, "optimizer.name", f"= {cfg.optimizer.name}; choose {', '.join(OPTIMIZERS)}")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +125,23 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
         scores = dev_test_scores(world, trial_recipe(world, trial.params, trial.number))
         study.set_user_attr(cache_key, scores)
     recipe = trial_recipe(world, trial.params, trial.number, scores={k: round(v, 6) for k, v in scores.items()})
-    write_model(recipe, world.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
-                card_extra=_card(cfg, trial, scores, score_metrics(world), study.user_attrs.get("selection")))
-    # the recipe last: a recipe.yaml beside a model means that model was finished (both are rewritten by a rerun)
-    save_recipe(recipe, out / "recipe.yaml")
+    # one export at a time per folder: two at once (workers finishing together, a user's export beside a search)
+    # would otherwise pair one trial's recipe.yaml with another's model
+    with _export_lock(out):
+        (out / "recipe.yaml").unlink(missing_ok=True)  # from here until the end the pair is known unfinished
+        write_model(recipe, world.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
+                    card_extra=_card(cfg, trial, scores, score_metrics(world), study.user_attrs.get("selection")))
+        # the recipe last: a recipe.yaml beside a model means that model was finished (both rewritten by a rerun)
+        save_recipe(recipe, out / "recipe.yaml")
     return out
+
+
+@contextlib.contextmanager
+def _export_lock(out: Path) -> Iterator[None]:
+    """An exclusive flock on `.<out name>.export.lock` beside `out` for the whole write of model and recipe."""
+    with open(out.parent / f".{out.name}.export.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

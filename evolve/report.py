@@ -350,13 +350,12 @@ def _light_world(cfg: DictConfig, study: optuna.Study) -> Any:
     """Just the genome (for the heat map), without loading any weights."""
     from types import SimpleNamespace
 
-    from merge_core.checkpoint import Checkpoint
-
     from evolve.genome import make_genome
+    from evolve.preflight import layer_count
     from evolve.search import resolve_models
 
     base, sources = resolve_models(cfg, progress=False)
-    n_layers = int(Checkpoint(Path(base)).config["num_hidden_layers"])
+    n_layers = layer_count(base, "models.base")
     return SimpleNamespace(genome=make_genome(cfg.method, cfg.genome, n_layers=n_layers, base=base, sources=sources,
                                               tokenizer_source=cfg.models.get("tokenizer_source"), extra_stacks=_ps_stack(cfg)))
 

@@ -29,6 +29,7 @@ from evolve import identity
 from evolve.errors import RunFailed, UserError
 from evolve.genome import Genome, make_genome
 from evolve.outputs import check_outputs
+from evolve.preflight import check_tokenizer, layer_count
 from evolve.study import TrialProgress, budget_state, check_storage, make_pruner, make_sampler, open_study
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,12 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
     from merge_core.sources import Sources
 
     base, sources = resolve_models(cfg, progress=cfg.progress)
-    from merge_core.checkpoint import Checkpoint
-
-    n_layers = int(Checkpoint(Path(base)).config["num_hidden_layers"]) if Path(base).is_dir() else None
     tok_source = cfg.models.get("tokenizer_source")
+    n_layers = None
+    if Path(base).is_dir():  # before any weights are opened: the genome's size and the tokenizer to load
+        n_layers = layer_count(base, "models.base")
+        if tok_source in (None, "base"):
+            check_tokenizer(base, "models.base")
     extra = None
     if cfg.genome.kind == "ps_dfs":
         from evolve.ps_dfs import ps_model_dir

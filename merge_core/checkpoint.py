@@ -12,7 +12,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from merge_core.errors import UserError
+from merge_core.textfile import read_text
 
+MAX_JSON_BYTES = 1 << 26  # config.json is ~1 KB, a shard index of the largest models a few MB
 HEAD = "lm_head.weight"
 EMBED = "model.embed_tokens.weight"
 _PICKLE_FIX = "convert it to safetensors, or pass allow_pickle=true if you trust the file"
@@ -28,11 +30,12 @@ def default_tied(model_type: str | None) -> bool:
 
 
 def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise UserError(f"{path}: file missing; point at a Hugging Face model folder containing it")
+    text = read_text(path, str(path), limit=MAX_JSON_BYTES)  # never blocks on a FIFO; UTF-8 checked
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: file missing; point at a Hugging Face model folder containing it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); restore the file from the original model") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object; restore the file from the original model")
@@ -97,6 +100,8 @@ class Checkpoint:
     def _map_file(self, file: Path, pickled: bool = False, index: Path | None = None) -> None:
         if not file.exists():
             raise UserError(f"{file}: shard listed in {index} is missing; restore it from the original model")
+        if not file.is_file():  # a FIFO or device named by an index would block the read
+            raise UserError(f"{file}: not a regular file; point {index or 'the folder'} at real weight files")
         if pickled:
             try:
                 tensors = torch.load(file, map_location="cpu", weights_only=True, mmap=True)

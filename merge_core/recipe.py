@@ -15,6 +15,7 @@ from typing import Any, Union
 import yaml
 
 from merge_core.errors import UserError
+from merge_core.textfile import check_yaml_size, read_text
 from merge_core.methods import BOOL_PARAMS, METHODS, PARAM_BOUNDS, REQUIRED
 from merge_core.tokenizer import TokenizerBlock, check_chat_template, parse_tokenizer_block, tokenizer_block_to_dict
 
@@ -321,10 +322,8 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     """Read and validate a recipe YAML file."""
     path = Path(path)
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{where}: cannot read ({e.strerror}); check the path") from None
+    text = read_text(path, where)  # regular file, size limit, UTF-8: one line instead of a hang or traceback
+    check_yaml_size(text, where)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

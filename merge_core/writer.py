@@ -98,8 +98,8 @@ def write_failure(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
         return exc.strerror or os.strerror(exc.errno)
     if isinstance(exc, SafetensorError):
-        # safetensors reports the OS error inside its text: "IoError(Os { code: 28, kind: StorageFull, ... })"
-        m = re.search(r"code: (\d+)", str(exc))
+        # safetensors reports the OS error only inside its text: "I/O error: No space left on device (os error 28)"
+        m = re.search(r"(?:os error |code: )(\d+)", str(exc))
         if m and int(m.group(1)) in _WRITE_ERRNOS:
             return os.strerror(int(m.group(1)))
     return None
