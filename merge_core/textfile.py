@@ -21,8 +21,6 @@ def read_text(path: str | os.PathLike, where: str | None = None, limit: int = MA
     where = where or str(path)
     try:
         st = path.stat()
-    except FileNotFoundError:
-        raise UserError(f"{where}: file missing; check the path") from None
     except OSError as exc:
         raise UserError(f"{where}: cannot read ({exc.strerror}); check the path") from None
     if not stat.S_ISREG(st.st_mode):
