@@ -219,8 +219,10 @@ evolve_merge: {seed: 0}
 }
 
 
-def test_whole_model_parity_with_mergekit(tmp_path: Path) -> None:
+def test_whole_model_parity_with_mergekit(tmp_path: Path, monkeypatch) -> None:
     mk_python = require_mergekit()
+    # saved recipes name the models beside them as ./a; mergekit reads paths from its working directory
+    monkeypatch.chdir(tmp_path)
     from merge_core.synthetic import make_checkpoint
 
     base = make_checkpoint(tmp_path / "base", layers=LAYERS, hidden=32, intermediate=64, vocab=64, seed=0)
