@@ -390,23 +390,23 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def portable_path(model: str, folder: str | os.PathLike[str]) -> str:
-    """`model` as written in a recipe stored in `folder`: relative (`./x`, `../x`) to that folder when the model lies
-    beside or below it, or when both lie inside the working directory (the project a run writes into); else unchanged.
+    """`model` as written in a recipe stored in `folder`: `./x` when the model lies beside or below that folder
+    (so the folder moves as one), else unchanged (absolute).
 
     Our loader resolves relative paths against the recipe's folder; mergekit resolves them against its working
-    directory, so `cd <recipe folder> && mergekit-yaml recipe.yaml OUT` reads the same models.
+    directory, so a relative recipe needs `cd <recipe folder> && mergekit-yaml recipe.yaml OUT`. Models elsewhere
+    (a run's `.cache`) stay absolute, so `mergekit-yaml runs/<study>/best/recipe.yaml OUT` works from any directory.
     """
     if "+" in model and not Path(model).exists():  # <base>+<LoRA adapter>: each part on its own
         return "+".join(portable_path(part, folder) for part in model.split("+"))
     target = Path(model)
     if not target.is_absolute() or not target.exists():
         return model  # a Hub id, or already relative
-    target, folder, cwd = target.resolve(), Path(folder).resolve(), Path.cwd().resolve()
-    if not (_inside(target, folder) or (cwd != Path(cwd.anchor) and _inside(target, cwd) and _inside(folder, cwd))):
+    target, folder = target.resolve(), Path(folder).resolve()
+    if not _inside(target, folder):
         return model
-    rel = os.path.relpath(target, folder)
     # "./" keeps a folder name from reading as a Hub id (`owner/name`) to mergekit
-    return rel if rel.startswith("..") else f"./{rel}"
+    return f"./{os.path.relpath(target, folder)}"
 
 
 def portable_dict(data: Any, folder: str | os.PathLike[str]) -> Any:

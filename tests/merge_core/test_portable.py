@@ -53,18 +53,20 @@ def test_outside_the_recipe_and_the_working_directory_stays_absolute(tmp_path, m
     assert portable_path("owner/name", tmp_path) == "owner/name"  # a Hub id is never touched
 
 
-def test_project_rule_and_mergekit_from_the_recipe_folder(tmp_path, monkeypatch):
-    """Inside one project (the working directory): `../..` paths; mergekit-yaml run from the recipe's folder agrees."""
+def test_models_elsewhere_in_the_project_stay_absolute_and_mergekit_runs_from_anywhere(tmp_path, monkeypatch):
+    """A run's `.cache` models are not below `best/`: absolute paths, so mergekit-yaml works from the project root
+    and from the recipe's folder alike, and both agree with our build."""
     monkeypatch.chdir(tmp_path)
     base, a, b = _models(tmp_path / ".cache" / "demo")
     path = save_recipe(_recipe(base, a, b), tmp_path / "runs" / "demo" / "best" / "recipe.yaml")
-    assert yaml.safe_load(path.read_text())["base_model"] == "../../../.cache/demo/base"
+    assert yaml.safe_load(path.read_text())["base_model"] == str(base)
     ours = write_model(load_recipe(path), Sources.open(load_recipe(path)), tmp_path / "ours", progress=False)
-    card = (ours / "README.md").read_text()
-    assert "../.cache/demo/base" in card and str(base) + "\n" not in card  # the card's recipe: relative to its folder
+    x = load_file(ours / "model.safetensors")
     mk_yaml = require_mergekit().with_name("mergekit-yaml")
-    run = subprocess.run([str(mk_yaml), "recipe.yaml", str(tmp_path / "theirs"), "--no-cuda"], cwd=path.parent,
-                         capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, run.stderr[-2000:]
-    x, y = load_file(ours / "model.safetensors"), load_file(tmp_path / "theirs" / "model.safetensors")
-    assert set(x) <= set(y) and all(torch.allclose(x[k], y[k], atol=1e-5) for k in x)
+    for cwd, recipe in ((tmp_path, "runs/demo/best/recipe.yaml"), (path.parent, "recipe.yaml")):
+        out = tmp_path / f"theirs_{len(recipe)}"
+        run = subprocess.run([str(mk_yaml), recipe, str(out), "--no-cuda"], cwd=cwd, capture_output=True, text=True,
+                             timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+        assert run.returncode == 0, run.stderr[-2000:]
+        y = load_file(out / "model.safetensors")
+        assert set(x) <= set(y) and all(torch.allclose(x[k], y[k], atol=1e-5) for k in x)
