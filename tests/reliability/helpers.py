@@ -58,3 +58,18 @@ def tree_digest(folder: Path) -> dict[str, str]:
             data = p.read_bytes()
         out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
     return out
+
+
+def searched_world(root: Path, *args: str) -> dict:
+    """Fake models under `root`, their config, and a study searched in-process with `args` (e.g. n_trials=3)."""
+    import pytest
+
+    from evolve.cli import main
+
+    models = make_models(root / "models")
+    conf = write_config(root, models)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env_for(models).items():
+            mp.setenv(k, v)
+        assert main(["search", f"conf={conf}", *args]) == 0
+    return {"root": root, "models": models, "conf": conf}

@@ -17,20 +17,13 @@ import pytest
 import yaml
 
 from evolve.cli import main
-from tests.reliability.helpers import counted, env_for, make_models, run_cli, study_of, tree_digest, write_config
+from tests.reliability.helpers import searched_world, counted, env_for, make_models, run_cli, study_of, tree_digest, write_config
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Fake models, a config and a stored study of 3 trials (no export/report)."""
-    root = tmp_path_factory.mktemp("hostile")
-    models = make_models(root / "models")
-    conf = write_config(root, models)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env_for(models).items():
-            mp.setenv(k, v)
-        assert main(["search", f"conf={conf}", "n_trials=3", "export=false", "report=false"]) == 0
-    return {"root": root, "models": models, "conf": conf}
+    return searched_world(tmp_path_factory.mktemp("hostile"), "n_trials=3", "export=false", "report=false")
 
 
 BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
@@ -164,17 +157,6 @@ def test_sigterm_fails_the_trial_exit_143_and_the_same_command_resumes(tmp_path)
     second = run_cli(args, env_for(models))
     assert second.returncode == 0, second.stderr[-2000:]
     assert len(counted(study_of(conf))) == 4
-
-
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A real 64 KiB tmpfs (root only)."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_real_full_disk_under_safetensors_is_one_line_and_leaves_nothing(world, small_disk, monkeypatch, capsys):

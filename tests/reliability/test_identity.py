@@ -4,27 +4,19 @@ with one line, exit 2, and changes nothing; the settings listed as free may chan
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
 from evolve.cli import main
 from evolve.identity import IDENTITY_ATTR
 from merge_core.synthetic import make_checkpoint
-from tests.reliability.helpers import counted, env_for, make_models, study_of, tree_digest, write_config
+from tests.reliability.helpers import searched_world, counted, env_for, study_of, tree_digest
 
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
     """A stored study of 3 trials with its export, on copies of the fake models (so a test may change one)."""
-    root = tmp_path_factory.mktemp("identity")
-    models = make_models(root / "models")
-    conf = write_config(root, models)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env_for(models).items():
-            mp.setenv(k, v)
-        assert main(["search", f"conf={conf}", "n_trials=3", "report=false"]) == 0
-    return {"root": root, "models": models, "conf": conf}
+    return searched_world(tmp_path_factory.mktemp("identity"), "n_trials=3", "report=false")
 
 
 # id -> (overrides, the key the line must name)

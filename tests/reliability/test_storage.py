@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -115,17 +114,6 @@ def test_kill9_mid_append_then_the_same_command_finishes_exactly_n(tmp_path, at)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "warning: storage:" in second.stderr and "bytes" in second.stderr
     assert len(counted(study_of(conf, "n_trials=4"))) == 4
-
-
-@pytest.fixture()
-def small_disk(tmp_path):
-    """A real 64 KiB tmpfs (root only); unmounted afterwards."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_full_disk_at_a_journal_write_then_the_same_command_finishes(tmp_path, small_disk):
