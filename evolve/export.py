@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from evolve.errors import UserError
+from merge_core.files import exclusive_lock
 
 
 def pick_trial(study: optuna.Study, which: str | int) -> FrozenTrial:
@@ -136,12 +135,6 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
     return out
 
 
-@contextlib.contextmanager
-def _export_lock(out: Path) -> Iterator[None]:
-    """An exclusive flock on `.<out name>.export.lock` beside `out` for the whole write of model and recipe."""
-    with open(out.parent / f".{out.name}.export.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def _export_lock(out: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on `.<out name>.export.lock` beside `out` for the whole write of model and recipe."""
+    return exclusive_lock(out.parent / f".{out.name}.export.lock")

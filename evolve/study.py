@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evolve.errors import UserError
+from merge_core.files import exclusive_lock
 from evolve.storage_check import cannot_open, check_storage_url, is_journal, no_driver, repair_journal
 
 
@@ -139,12 +139,8 @@ def _creation_lock(url: str):
         return
     db = Path(url.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with exclusive_lock(db.with_name(db.name + ".lock")):
+        yield
 
 
 def make_sampler(cfg: DictConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:

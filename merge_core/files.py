@@ -6,11 +6,14 @@ leave recipes and cached models readable by their owner only. Everything we writ
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -97,3 +100,14 @@ def share_tree(folder: str | os.PathLike) -> Path:
         # an executable (a script) keeps being one; data files get the plain file mode
         path.chmod(dmode if path.is_dir() or path.stat().st_mode & 0o111 else fmode)
     return folder
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive flock on the file `path` (created if missing) while the block runs: writers take turns."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
