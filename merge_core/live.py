@@ -7,35 +7,11 @@ from collections.abc import Callable
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from merge_core.checkpoint import DTYPES_BY_NAME
+from merge_core.device import resolve_device, resolve_dtype
 from merge_core.errors import UserError
 from merge_core.plan import merge_tensor, plan_tensors
 from merge_core.recipe import Recipe
 from merge_core.sources import Sources, has_nonfinite
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """'auto'/None -> cuda when available, else cpu; anything else as given (UserError if unusable)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UserError(f"device: {device!r} is not a device; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device: {device!r} but no CUDA GPU is available; use device=cpu or device=auto")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, default: torch.dtype) -> torch.dtype:
-    """A dtype from its name (float32, bfloat16, float16) or None -> default."""
-    if dtype is None:
-        return default
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES_BY_NAME:
-        raise UserError(f"dtype: {dtype!r} is not supported; use one of {', '.join(DTYPES_BY_NAME)}")
-    return DTYPES_BY_NAME[dtype]
 
 
 def build_live_model(

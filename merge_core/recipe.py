@@ -14,7 +14,9 @@ from typing import Any, Union
 
 import yaml
 
+from merge_core.device import DTYPES
 from merge_core.errors import UserError
+from merge_core.files import atomic_write_text, remove_stale_temps
 from merge_core.textfile import check_yaml_size, read_text
 from merge_core.methods import BOOL_PARAMS, METHODS, PARAM_BOUNDS, REQUIRED
 from merge_core.tokenizer import TokenizerBlock, check_chat_template, parse_tokenizer_block, tokenizer_block_to_dict
@@ -95,7 +97,6 @@ TOP_KEYS = (
     "merge_method", "base_model", "models", "slices", "parameters", "dtype",
     "out_dtype", "tokenizer_source", "tokenizer", "chat_template", "evolve_merge",
 )
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _is_num(v: Any) -> bool:
@@ -426,7 +427,5 @@ def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = portable_dict(recipe_to_dict(recipe), path.parent)
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
-    from merge_core.files import atomic_write_text, remove_stale_temps
-
     remove_stale_temps(path.parent, path.name)
     return atomic_write_text(path, text)

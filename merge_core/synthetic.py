@@ -13,6 +13,8 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from merge_core.device import dtype_name
+
 # Llama 3.2's rope scaling, so tiny models exercise the same config path as the real ones.
 LLAMA32_ROPE = {
     "rope_type": "llama3",
@@ -30,7 +32,6 @@ LLAMA32_SHAPES = {
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|unk|>", "<|pad|>"]
 BOS_ID, EOS_ID, UNK_ID, PAD_ID = range(4)
 _CHARS = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
-_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def make_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
@@ -83,7 +84,7 @@ def llama32_config(
         "rms_norm_eps": 1e-5,
         "rope_parameters": dict(LLAMA32_ROPE),
         "tie_word_embeddings": tied,
-        "dtype": _DTYPE_NAMES[dtype],
+        "dtype": dtype_name(dtype),
         "use_cache": True,
         "vocab_size": vocab,
     }

@@ -14,9 +14,9 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
+from merge_core.device import resolve_device, resolve_dtype
 from merge_core.errors import UserError
 from merge_core.files import atomic_write_text, file_mode, glob_escape, remove_stale_temps, temp_tag  # noqa: F401 (re-exported)
-from merge_core.live import resolve_device, resolve_dtype
 from merge_core.overlap import refuse_overlap
 from merge_core.plan import merge_tensor, output_layers, plan_tensors
 from merge_core.recipe import Recipe, portable_dict, recipe_to_dict

@@ -37,7 +37,7 @@ def run(args: list[str]) -> int:
     dtype = opts.get("dtype")
 
     # heavy imports after argument checks, so a typo fails fast
-    from merge_core.live import resolve_device, resolve_dtype
+    from merge_core.device import resolve_device, resolve_dtype
     from merge_core.overlap import refuse_overlap
     from merge_core.recipe import load_recipe
     from merge_core.sources import Sources, recipe_inputs

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from merge_core.methods.registry import REQUIRED, register
-from merge_core.methods.sparsify import row_chunks, scratch
+from merge_core.methods.chunks import row_chunks, scratch
 
 Tensors = dict[str, torch.Tensor]
 Params = dict[str, dict[str, Any]]

@@ -10,6 +10,7 @@ import torch
 
 from merge_core.methods import fused
 from merge_core.methods import sparsify as sp
+from merge_core.methods.chunks import row_chunks, scratch
 from merge_core.methods.registry import REQUIRED, register
 
 Sparsification = Literal["magnitude", "random", "magnitude_outliers", "della_magprune"]
@@ -99,17 +100,17 @@ def generalized_task_arithmetic(
             if options["rescale"]:
                 scale[m] = sp.l1_scale(delta_of(m), shape, keep[m])
     dev = base_t.device
-    for rows in sp.row_chunks(shape):
+    for rows in row_chunks(shape):
         b = base_t[rows]  # stays in its stored dtype; float32 math happens inside each op
         rshape = b.shape
         deltas = []
         for i, (m, w) in enumerate(zip(others, weights)):
-            d = sp.scratch(f"delta{i}", rshape, dev).copy_(tensors[m][rows]).sub_(b)
+            d = scratch(f"delta{i}", rshape, dev).copy_(tensors[m][rows]).sub_(b)
             if keep[m] is not None:
                 d.mul_(keep[m][rows])
             coef = w * (scale[m] if scale[m] is not None else 1.0)
             deltas.append(d.mul_(coef) if coef != 1 else d)
-        mixed = sp.scratch("mixed", rshape, dev)
+        mixed = scratch("mixed", rshape, dev)
         if len(deltas) > 1:
             torch.add(deltas[0], deltas[1], out=mixed)
         else:
@@ -118,10 +119,10 @@ def generalized_task_arithmetic(
             mixed.add_(d)
         if consensus == "sum":
             # TIES election: keep entries whose sign agrees with the sign of the summed weighted deltas
-            agree = sp.scratch("agree", rshape, dev, torch.bool)
-            majority = sp.scratch("majority", rshape, dev).copy_(torch.ge(mixed, 0, out=agree)).mul_(2).sub_(1)
-            divisor = sp.scratch("divisor", rshape, dev).zero_()
-            sign = sp.scratch("sign", rshape, dev)
+            agree = scratch("agree", rshape, dev, torch.bool)
+            majority = scratch("majority", rshape, dev).copy_(torch.ge(mixed, 0, out=agree)).mul_(2).sub_(1)
+            divisor = scratch("divisor", rshape, dev).zero_()
+            sign = scratch("sign", rshape, dev)
             for i, (d, w) in enumerate(zip(deltas, weights)):
                 torch.eq(torch.sign(d, out=sign), majority, out=agree)
                 if i == 0:
@@ -150,8 +151,8 @@ def _weighted_sum(
     div = weight_divisor(weights) if normalize else 1.0
     coef = [lam * w / div for w in weights]
     inputs = [(tensors[base], 1.0 - sum(coef))] + [(tensors[m], c) for m, c in zip(others, coef)]
-    for rows in sp.row_chunks(tuple(out.shape)):
-        acc = sp.scratch("acc", inputs[0][0][rows].shape, out.device).copy_(inputs[0][0][rows]).mul_(inputs[0][1])
+    for rows in row_chunks(tuple(out.shape)):
+        acc = scratch("acc", inputs[0][0][rows].shape, out.device).copy_(inputs[0][0][rows]).mul_(inputs[0][1])
         for x, c in inputs[1:]:
             acc.add_(x[rows], alpha=c)
         out[rows] = acc

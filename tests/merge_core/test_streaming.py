@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from merge_core.methods import METHODS
+from merge_core.methods import chunks
 from merge_core.methods import sparsify as sp
 
 
@@ -16,7 +17,7 @@ def _delta(t: torch.Tensor):
 @pytest.mark.parametrize("shape", [(37, 11), (500,), (64, 300)])
 @pytest.mark.parametrize("density", [0.01, 0.5, 0.93])
 def test_magnitude_mask_is_the_argsort_top_k(shape, density, monkeypatch) -> None:
-    monkeypatch.setattr(sp, "CHUNK", 1000)  # several chunks for the bigger shapes
+    monkeypatch.setattr(chunks, "CHUNK", 1000)  # several chunks for the bigger shapes
     t = torch.randn(shape, generator=torch.Generator().manual_seed(3))
     k = max(1, int(density * t.numel()))
     expect = torch.zeros(t.numel(), dtype=torch.bool)
@@ -26,7 +27,7 @@ def test_magnitude_mask_is_the_argsort_top_k(shape, density, monkeypatch) -> Non
 
 @pytest.mark.parametrize("chunk", [64, 1 << 22])  # streamed chunks / magnitudes kept whole
 def test_magnitude_mask_ties_keep_exactly_k_lowest_index_first(chunk, monkeypatch) -> None:
-    monkeypatch.setattr(sp, "CHUNK", chunk)
+    monkeypatch.setattr(chunks, "CHUNK", chunk)
     t = torch.randint(-3, 4, (40, 16), generator=torch.Generator().manual_seed(0)).float()
     mask = sp.magnitude_mask(_delta(t), tuple(t.shape), 0.3)
     k = int(0.3 * t.numel())
@@ -69,7 +70,7 @@ def test_chunking_and_bf16_out_do_not_change_results(method: str, monkeypatch) -
         return spec.fn(tensors, base_id, params, options, g, out=out)
 
     whole = run()
-    monkeypatch.setattr(sp, "CHUNK", 100)  # 5 rows per chunk
+    monkeypatch.setattr(chunks, "CHUNK", 100)  # 5 rows per chunk
     chunked = run()
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-7)
     out = torch.empty(48, 20, dtype=torch.bfloat16)
