@@ -8,7 +8,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from evolve.errors import UserError
 from evolve.progress import quiet_library_bars
@@ -23,6 +24,10 @@ COMMANDS: dict[str, str] = {
     "prepare": "prepare",
 }
 
+# commands that score models take the evaluator from the caller (tests inject a fast stand-in); none is configured
+USES_EVALUATOR = ("search", "export", "report")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (docker stop, timeout, SLURM) raised as an interrupt, so it unwinds like Ctrl-C: trial told failed."""
 
@@ -35,8 +40,11 @@ WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ERO
 USAGE = "usage: evolve {" + ",".join(COMMANDS) + "} key=value ... (see README.md)"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; map bad input to exit 2 with one line, internal errors to exit 1."""
+def main(argv: Sequence[str] | None = None, *, evaluator_factory: Callable[..., Any] | None = None) -> int:
+    """Run one command; map bad input to exit 2 with one line, internal errors to exit 1.
+
+    `evaluator_factory` replaces evolve.evaluate.Evaluator for search/export/report (same constructor and methods).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -53,15 +61,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
-        return _run(name, rest)
+        return _run(name, rest, evaluator_factory)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _run(name: str, rest: list[str]) -> int:
+def _run(name: str, rest: list[str], evaluator_factory: Callable[..., Any] | None) -> int:
     try:
         module = importlib.import_module(f"evolve.commands.{COMMANDS[name]}")
+        if evaluator_factory is not None and name in USES_EVALUATOR:
+            return int(module.run(rest, evaluator_factory=evaluator_factory) or 0)
         return int(module.run(rest) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -34,13 +34,13 @@ def pick_trial(study: optuna.Study, which: str | int) -> FrozenTrial:
     raise UserError(f"trial: #{number} is not a complete trial of {study.study_name!r}; choose one of {numbers[:20]}")
 
 
-def ensure_world(cfg: DictConfig, world: Any = None) -> Any:
+def ensure_world(cfg: DictConfig, world: Any = None, evaluator_factory: Any = None) -> Any:
     """The search's world (models, live model, dev evaluator), built if the caller has none."""
     if world is not None:
         return world
     from evolve.search import build_world
 
-    return build_world(cfg)
+    return build_world(cfg, evaluator_factory)
 
 
 def test_evaluator(world: Any) -> Any:
@@ -97,7 +97,7 @@ def _card(cfg: DictConfig, trial: FrozenTrial, scores: dict[str, float], metrics
 
 
 def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best", out: str | Path | None = None,
-                 world: Any = None) -> Path:
+                 world: Any = None, evaluator_factory: Any = None) -> Path:
     """Write a trial's recipe.yaml and model folder to `out` (default <out_dir>/best); returns `out`."""
     from merge_core.overlap import refuse_overlap
     from merge_core.recipe import save_recipe
@@ -116,8 +116,8 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
     if which == "best":
         from evolve.select import best_trial
 
-        trial, world = best_trial(cfg, study, world)  # the top trials re-scored on all dev documents
-    world = ensure_world(cfg, world)
+        trial, world = best_trial(cfg, study, world, evaluator_factory)  # the top trials re-scored on all dev docs
+    world = ensure_world(cfg, world, evaluator_factory)
     cache_key = f"scores:trial{trial.number}"
     scores = study.user_attrs.get(cache_key)
     if scores is None:

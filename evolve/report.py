@@ -64,9 +64,10 @@ def _key(recipe: Any, cfg: DictConfig) -> str:
     return "scores:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> list[dict[str, Any]]:
+def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None,
+                 evaluator_factory: Any = None) -> list[dict[str, Any]]:
     """Score every row on dev and test (cached in the study's user attrs, so a redraw recomputes nothing)."""
-    best, world = best_trial(cfg, study, world)
+    best, world = best_trial(cfg, study, world, evaluator_factory)
     attrs = study.user_attrs
     keys = attrs.get("report_keys")
     fresh = (attrs.get("report_best") == best.number and attrs.get("report_rows_version") == REPORT_ROWS_VERSION
@@ -74,7 +75,7 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None) -> lis
     if not fresh:
         from tqdm.auto import tqdm
 
-        world = ensure_world(cfg, world)
+        world = ensure_world(cfg, world, evaluator_factory)
         keys, names = [], []
         rows = _rows_to_score(cfg, best, world)
         bar = tqdm(rows, desc="report rows (dev + test)", unit="row", disable=not cfg.progress, leave=False)
@@ -105,7 +106,9 @@ def _fixed_scores(cfg: DictConfig, world: Any, recipe: Any, name: str) -> dict[s
         return dev_test_scores(world, recipe)
     folder = Path(cfg.models.cache_dir) / "scores"
     hashes = {m: world.sources.models[m].sha256() for m in recipe.model_ids()}
-    key = score_cache.score_key(recipe, hashes, cfg, pick_device(str(cfg.device)), world.sources.tokenizer_path)
+    kind = type(world.evaluator)
+    key = score_cache.score_key(recipe, hashes, cfg, pick_device(str(cfg.device)), world.sources.tokenizer_path,
+                                f"{kind.__module__}:{kind.__qualname__}")
     scores = score_cache.load(folder, key)
     if scores is None:
         scores = dev_test_scores(world, recipe)
@@ -322,14 +325,14 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None) -> str:
+def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None, evaluator_factory: Any = None) -> str:
     """Write report/ (results.json, results.md, plots); returns the markdown tables."""
     out = Path(cfg.out_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "results.md", "splits.json", SAMPLES_FILE, "history.png", "recipe_heatmap.png",
                  "path.png", "pareto.png"):
         remove_stale_temps(out, name)  # left by a run killed mid-write
-    rows = collect_rows(cfg, study, world)
+    rows = collect_rows(cfg, study, world, evaluator_factory)
     splits = study.user_attrs[SPLITS_ATTR]
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(out / "splits.json", json.dumps(splits) + "\n")

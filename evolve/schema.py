@@ -70,8 +70,6 @@ class TasksConf:
     subset_seed: Optional[int] = None
     stages: List[float] = field(default_factory=lambda: [1.0])
     test_limit: Optional[int] = None  # first N held-out items per task in the report (null = all; for quick looks)
-    # import path of the evaluator class (the project's lm-eval Evaluator; tests swap in a fake)
-    evaluator: str = "evolve.evaluate:Evaluator"
     # folders of the user's own lm-eval task YAMLs (any layout `lm_eval --include_path` accepts); eval_tasks/ is always on
     include_path: List[str] = field(default_factory=list)
     split: SplitConf = field(default_factory=SplitConf)

@@ -71,8 +71,10 @@ def _code_digest() -> str:
     return _files_digest((f.name, f) for f in files).hexdigest()
 
 
-def score_key(recipe: Any, model_hashes: dict[str, str], cfg: Any, device: str, tokenizer_dir: Path) -> str:
-    """Content key of one recipe's dev+test scores under this config's evaluation settings."""
+def score_key(recipe: Any, model_hashes: dict[str, str], cfg: Any, device: str, tokenizer_dir: Path,
+              evaluator: str = "evolve.evaluate:Evaluator") -> str:
+    """Content key of one recipe's dev+test scores under this config's evaluation settings and evaluator
+    (`module:Class`, the name the key has always held for the project's Evaluator)."""
     import lm_eval
     import torch
     import transformers
@@ -94,7 +96,7 @@ def score_key(recipe: Any, model_hashes: dict[str, str], cfg: Any, device: str, 
         "configs": _small_files_digest([Path(m) for m in sorted(recipe.model_ids())] + [Path(tokenizer_dir)]),
         "eval": {"limit": t.limit, "subset_seed": t.subset_seed, "test_limit": t.test_limit,
                  "batch_size": t.batch_size, "stages": [float(s) for s in t.stages], "dtype": str(cfg.dtype),
-                 "device": device, "evaluator": str(t.evaluator)},
+                 "device": device, "evaluator": evaluator},
         "code": _code_digest(),
         "libs": [getattr(lm_eval, "__version__", ""), torch.__version__, transformers.__version__],
     }

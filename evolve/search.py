@@ -131,8 +131,10 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
                              tokenizer_source=tok_source, extra_stacks=extra)
     model = build_live_model(opened, cfg.device, cfg.dtype)
     tokenizer = opened.output_tokenizer()  # a union tokenizer exists only in memory until export
-    if evaluator_factory is None:
-        evaluator_factory = load_evaluator(cfg.tasks.evaluator)
+    if evaluator_factory is None:  # the project's lm-eval Evaluator; tests inject a fast stand-in in code
+        from evolve.evaluate import Evaluator
+
+        evaluator_factory = Evaluator
     t = cfg.tasks
     evaluator = evaluator_factory(model, tokenizer, list(t.names), split="dev", batch_size=t.batch_size,
                                   device=cfg.device, limit=t.limit, subset_seed=t.subset_seed, stages=list(t.stages),
@@ -148,17 +150,6 @@ def eval_options(cfg: DictConfig) -> dict[str, Any]:
     t = cfg.tasks
     include = [str(p) for p in (t.get("include_path") or [])]
     return {"include_path": include or None, "split_rule": SplitRule.from_conf(t.get("split"))}
-
-
-def load_evaluator(path: str) -> Callable[..., Any]:
-    """The evaluator class named `module:Class` (tasks.evaluator)."""
-    import importlib
-
-    module, _, name = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"tasks.evaluator: cannot import {path!r} ({exc}); write module:Class") from None
 
 
 def trial_recipe(world: World, params: dict[str, float], trial_number: int | None, scores: dict | None = None):
@@ -315,7 +306,7 @@ def check_before_loading(cfg: DictConfig, evaluator_factory: Callable[..., Any] 
     check_storage(cfg)
     if not cfg.models.prepare:
         resolve_models(cfg, progress=False)  # only looks for the folders (cheap); a preparer runs after the task check
-    if evaluator_factory is None and cfg.tasks.evaluator == "evolve.evaluate:Evaluator":
+    if evaluator_factory is None:  # the project's Evaluator: its task names and data files are checked now
         from evolve.tasks import resolve, validate
 
         include = eval_options(cfg)["include_path"]

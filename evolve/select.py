@@ -98,7 +98,8 @@ def current(study: optuna.Study) -> dict[str, Any] | None:
     return record
 
 
-def best_trial(cfg: DictConfig, study: optuna.Study, world: Any = None) -> tuple[FrozenTrial, Any]:
+def best_trial(cfg: DictConfig, study: optuna.Study, world: Any = None,
+               evaluator_factory: Any = None) -> tuple[FrozenTrial, Any]:
     """The selected best trial (re-scoring first when the record is missing or stale) and the world, if built."""
     record = current(study)
     if record is None or record.get("top_k") != int(cfg.select.top_k):
@@ -106,7 +107,7 @@ def best_trial(cfg: DictConfig, study: optuna.Study, world: Any = None) -> tuple
 
         candidates(study, 1)  # no complete trial: say so before any model is opened
 
-        world = ensure_world(cfg, world)
+        world = ensure_world(cfg, world, evaluator_factory)
         record = select(cfg, study, world)
     return next(t for t in study.get_trials(deepcopy=False) if t.number == record["pick"]), world
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from evolve.config import load_config
 
 
@@ -11,7 +13,7 @@ def split_own(args: list[str], keys: tuple[str, ...]) -> tuple[dict[str, str], l
     return own, [a for a in args if a.split("=", 1)[0] not in keys]
 
 
-def run(args: list[str]) -> int:
+def run(args: list[str], evaluator_factory: Any = None) -> int:
     """Export one trial of the config's stored study."""
     own, rest = split_own(args, ("trial", "out"))
     cfg, _ = load_config(rest)
@@ -23,6 +25,6 @@ def run(args: list[str]) -> int:
     study = open_study(cfg, make_sampler(cfg), make_pruner(cfg), create=False)
     # a trial is rebuilt only under the settings and source weights that scored it
     verify(cfg, study, "export", resolve_models(cfg, progress=False))
-    path = export_trial(cfg, study, own.get("trial", "best"), own.get("out"))
+    path = export_trial(cfg, study, own.get("trial", "best"), own.get("out"), evaluator_factory=evaluator_factory)
     print(f"wrote {path}/recipe.yaml and {path}/model")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from evolve.config import ConfArgs, compose_config, hydra_overrides, parse_args, sweep_combinations
 from evolve.errors import UserError
@@ -20,7 +21,7 @@ HYDRA_SETTINGS = [
 ]
 
 
-def run(args: list[str]) -> int:
+def run(args: list[str], evaluator_factory: Any = None) -> int:
     """Validate every config of the run (or sweep) first, then hand the run to hydra.main."""
     cargs = parse_args(args)
     combos = sweep_combinations(cargs.overrides) if cargs.multirun else [cargs.overrides]
@@ -30,7 +31,7 @@ def run(args: list[str]) -> int:
         if not out.exists():
             new_dirs.add(out)
     try:
-        return _run_hydra(cargs)
+        return _run_hydra(cargs, evaluator_factory)
     except UserError:
         for out in new_dirs:  # Hydra made them before our checks failed: bad input leaves nothing behind
             _remove_empty_tree(out)
@@ -81,7 +82,7 @@ def _study_args(cargs: ConfArgs, cfg) -> list[str]:
     return [f"conf={name}", *job, f"out_dir={cfg.out_dir}", f"study_name={cfg.study_name}"]
 
 
-def _run_hydra(cargs: ConfArgs) -> int:
+def _run_hydra(cargs: ConfArgs, evaluator_factory: Any = None) -> int:
     import hydra
 
     from evolve import schema
@@ -96,7 +97,7 @@ def _run_hydra(cargs: ConfArgs) -> int:
         try:
             cfg = _job_config(cfg, cargs.multirun)
             validate(cfg, cargs.label)
-            run_search(cfg)
+            run_search(cfg, evaluator_factory)
             print(closing_lines(cfg, _study_args(cargs, cfg)), flush=True)
         except Exception as exc:  # noqa: BLE001 - Hydra would print its own traceback and exit 1
             # re-raised after Hydra returns, so the CLI maps it like any command's error (one line for bad input,

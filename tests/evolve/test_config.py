@@ -8,7 +8,7 @@ import pytest
 import conf as conf_pkg
 from evolve.cli import main
 from evolve.config import load_config, sweep_combinations
-from tests.evolve.fake_eval import env_for, make_models, write_config
+from tests.helpers.fake_eval import env_for, make_models, write_config
 
 
 @pytest.fixture(scope="module")

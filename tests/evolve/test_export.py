@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from evolve.commands import merge as merge_cmd
 from evolve.errors import UserError
 from evolve.export import export_trial
-from tests.evolve.fake_eval import finished_run
+from tests.helpers.fake_eval import FakeEvaluator, finished_run
 
 
 def _tensors(folder):
@@ -37,7 +37,7 @@ def test_best_recipe_rebuilds_the_exported_model_bit_identically(tmp_path_factor
 def test_export_of_a_named_trial_and_bad_numbers(tmp_path_factory, tmp_path, monkeypatch):
     cfg, study = finished_run(tmp_path_factory.getbasetemp(), monkeypatch)
     first = study.get_trials()[0]
-    out = export_trial(cfg, study, str(first.number), tmp_path / "t0")
+    out = export_trial(cfg, study, str(first.number), tmp_path / "t0", evaluator_factory=FakeEvaluator)
     assert yaml.safe_load((out / "recipe.yaml").read_text())["evolve_merge"]["trial"] == first.number
     with pytest.raises(UserError, match="not a complete trial"):
         export_trial(cfg, study, "999", tmp_path / "nope")

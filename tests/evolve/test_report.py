@@ -6,7 +6,7 @@ import pytest
 
 from evolve import export as export_mod
 from evolve.report import make_report
-from tests.evolve.fake_eval import finished_run
+from tests.helpers.fake_eval import finished_run
 
 
 def test_results_rows_tables_and_plots(tmp_path_factory, monkeypatch):
@@ -46,7 +46,7 @@ def test_fixed_rows_are_reused_by_a_fresh_study_and_keyed_by_content(tmp_path, m
     from evolve import score_cache
     from evolve.config import load_config
     from evolve.search import run_search
-    from tests.evolve.fake_eval import env_for, make_models, write_config
+    from tests.helpers.fake_eval import FakeEvaluator, env_for, make_models, write_config
 
     models = make_models(tmp_path / "models")
     for k, v in env_for(models).items():
@@ -58,13 +58,13 @@ def test_fixed_rows_are_reused_by_a_fresh_study_and_keyed_by_content(tmp_path, m
     rows = []
     for run in ("one", "two"):
         cfg, _ = load_config([f"conf={path}", "n_trials=3", f"out_dir={tmp_path / run}", f"study_name={run}"])
-        run_search(cfg)
+        run_search(cfg, FakeEvaluator)
         rows.append(json.loads((tmp_path / run / "report" / "results.json").read_text()))
     assert len(calls) == 6  # base, two sources, three baselines in the first study; none in the second
     assert [r["scores"] for r in rows[0][1:]] == [r["scores"] for r in rows[1][1:]]
     assert len(list((tmp_path / "cache" / "scores").glob("*.json"))) == 6
     cfg, _ = load_config([f"conf={path}", "score_cache=false", f"out_dir={tmp_path / 'three'}", "study_name=three"])
-    run_search(cfg)
+    run_search(cfg, FakeEvaluator)
     assert len(calls) == 12  # switched off: every fixed row is scored again
 
     from merge_core.recipe import parse_recipe

@@ -18,7 +18,7 @@ from evolve.config import load_config
 from evolve.errors import UserError
 from evolve.search import run_search
 from evolve.study import is_counted, make_pruner, make_sampler, open_study
-from tests.evolve.fake_eval import env_for, finished_run, make_models, write_config
+from tests.helpers.fake_eval import FakeEvaluator, env_for, finished_run, make_models, write_config
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +76,10 @@ def test_resume_adds_only_the_missing_trials(tmp_path, models, monkeypatch):
     for k, v in env_for(models).items():
         monkeypatch.setenv(k, v)
     path = write_config(tmp_path, models, export="false", report="false")
-    run_search(load_config([f"conf={path}", "n_trials=3"])[0])
+    run_search(load_config([f"conf={path}", "n_trials=3"])[0], FakeEvaluator)
     cfg, _ = load_config([f"conf={path}", "n_trials=5"])
-    run_search(cfg)
-    run_search(cfg)  # already complete: nothing to do
+    run_search(cfg, FakeEvaluator)
+    run_search(cfg, FakeEvaluator)  # already complete: nothing to do
     assert len(_counted(_study(cfg).get_trials())) == 5 == len(_study(cfg).get_trials())
 
 
@@ -91,7 +91,7 @@ def test_nonfinite_scores_fail_the_trial_and_stop_after_a_streak(tmp_path, model
     cfg, _ = load_config([f"conf={path}", "max_failures_in_row=2", "method=task_arithmetic",
                           "method.search.weight.low=1e7", "method.search.weight.high=1e8", "dtype=float16"])
     with pytest.raises(UserError, match="2 trials in a row failed"):
-        run_search(cfg)
+        run_search(cfg, FakeEvaluator)
     trials = _study(cfg).get_trials()
     assert [t.state for t in trials[:2]] == [TrialState.FAIL, TrialState.FAIL]
     assert all("non-finite" in t.user_attrs["fail_reason"] for t in trials[:2])
@@ -112,7 +112,7 @@ def _db_counts(db: Path) -> tuple[int, int]:
 
 
 def _search_cmd(path, *extra):
-    return [sys.executable, "-m", "evolve", "search", f"conf={path}", "export=false", "report=false", *extra]
+    return [sys.executable, "-m", "tests.helpers.fake_cli", "search", f"conf={path}", "export=false", "report=false", *extra]
 
 
 def test_sigkill_then_same_command_finishes_exactly_n(tmp_path, models):

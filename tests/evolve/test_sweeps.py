@@ -11,7 +11,7 @@ import yaml
 
 from evolve.cli import main
 from evolve.config import load_config
-from tests.evolve.fake_eval import env_for, make_models, write_config
+from tests.helpers.fake_eval import env_for, make_models, write_config
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_a_yaml_out_dir_with_braces_is_refused_too(tmp_path, models, capsys):
 
 def test_sweep_jobs_print_a_header_and_keep_their_overrides(tmp_path, models):
     path = write_config(tmp_path, models)
-    cmd = [sys.executable, "-m", "evolve", "search", f"conf={path}", "export=false", "report=false", "n_trials=1",
+    cmd = [sys.executable, "-m", "tests.helpers.fake_cli", "search", f"conf={path}", "export=false", "report=false", "n_trials=1",
            "seed=0,1", "-m"]
     res = subprocess.run(cmd, env=env_for(models), capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from tests.evolve.fake_eval import FakeEvaluator
+from tests.helpers.fake_eval import FakeEvaluator
 
 # FAULTS="-,oom,-,io" -> call 1 fine, call 2 out of memory, call 3 fine, call 4 OSError, later calls fine;
 # FAULTS="*oom" -> every call runs out of memory

@@ -1,4 +1,4 @@
-"""Shared helpers of the reliability tests: the fake world of tests/evolve, subprocess runs with a kill hook."""
+"""Shared helpers of the reliability tests: the fake world of tests/helpers, subprocess runs with a kill hook."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ import optuna
 
 from evolve.config import load_config
 from evolve.study import is_counted, make_pruner, make_sampler, open_study
-from tests.evolve.fake_eval import env_for, make_models, write_config
+from tests.helpers.fake_eval import env_for, make_models, write_config
 
 __all__ = ["counted", "dot_temps", "tree_digest", "env_for", "make_models", "run_cli", "study_of", "write_config"]
 
 # `python -c` prelude: the command's own code runs after a hook that may SIGKILL the process at a chosen point
-_RUNNER = "import os, signal, sys\n{hook}\nfrom evolve.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+_RUNNER = "import os, signal, sys\n{hook}\nfrom tests.helpers.fake_cli import main\nsys.exit(main(sys.argv[1:]))\n"
 
 
 def run_cli(args: list[str], env: dict[str, str], hook: str = "", timeout: float = 240) -> subprocess.CompletedProcess:
-    """`python -m evolve ARGS` in a child process, with `hook` (Python source) executed first."""
+    """`python -m tests.helpers.fake_cli ARGS` (evolve with FakeEvaluator) in a child process, `hook` run first."""
     code = _RUNNER.format(hook=hook)
     return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -64,7 +64,7 @@ def searched_world(root: Path, *args: str) -> dict:
     """Fake models under `root`, their config, and a study searched in-process with `args` (e.g. n_trials=3)."""
     import pytest
 
-    from evolve.cli import main
+    from tests.helpers.fake_cli import main
 
     models = make_models(root / "models")
     conf = write_config(root, models)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.cli import main
+from tests.helpers.fake_cli import main
 from tests.reliability.helpers import searched_world, counted, env_for, make_models, run_cli, study_of, tree_digest, write_config
 
 
@@ -132,7 +132,7 @@ def test_one_line_exit_2_before_any_model(case, world, tmp_path, monkeypatch, ca
 
 # SIGTERM (docker stop, timeout, SLURM) during the 3rd evaluation of the run
 _TERM = """
-import tests.evolve.fake_eval as fe
+import tests.helpers.fake_eval as fe
 _orig, _n = fe.FakeEvaluator.evaluate, [0]
 def _evaluate(self):
     _n[0] += 1
@@ -178,7 +178,7 @@ def test_real_full_disk_under_safetensors_is_one_line_and_leaves_nothing(world, 
 def test_two_exports_racing_for_one_folder_end_consistent(world, tmp_path):
     """Two trials exported at once to one out: the recipe.yaml left belongs to the model left."""
     out = tmp_path / "best"
-    procs = [subprocess.Popen([sys.executable, "-m", "evolve", "export", f"conf={world['conf']}", f"trial={n}",
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.helpers.fake_cli", "export", f"conf={world['conf']}", f"trial={n}",
                                f"out={out}"], env=env_for(world["models"]), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for n in (0, 2)]
     for p in procs:

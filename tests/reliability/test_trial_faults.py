@@ -7,11 +7,11 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from evolve.cli import main
+from tests.helpers.fake_cli import main
 from tests.reliability import faulty_eval
 from tests.reliability.helpers import counted, env_for, make_models, study_of, write_config
 
-EVALUATOR = ["tasks.evaluator=tests.reliability.faulty_eval:FaultyEvaluator", "tasks.stages=[1.0]", "pruner=none"]
+ONE_STAGE = ["tasks.stages=[1.0]", "pruner=none"]  # scored by FaultyEvaluator, injected in code
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def fake_world(tmp_path, monkeypatch):
 
 def test_failed_trials_keep_their_reason_and_the_search_goes_on(fake_world, monkeypatch, capsys):
     monkeypatch.setenv("FAULTS", "-,oom,-,io,nan")
-    assert main(["search", f"conf={fake_world}", "n_trials=6", *EVALUATOR]) == 0
+    assert main(["search", f"conf={fake_world}", "n_trials=6", *ONE_STAGE], faulty_eval.FaultyEvaluator) == 0
     study = study_of(fake_world)
     trials = study.get_trials()
     assert len(counted(study)) == 6 == len(trials)  # failed evaluations count toward n_trials
@@ -41,7 +41,8 @@ def test_failed_trials_keep_their_reason_and_the_search_goes_on(fake_world, monk
 def test_a_streak_of_failures_stops_with_one_line_and_exit_1(fake_world, monkeypatch, capsys):
     monkeypatch.setenv("FAULTS", "*oom")
     capsys.readouterr()
-    assert main(["search", f"conf={fake_world}", "n_trials=6", "max_failures_in_row=3", *EVALUATOR]) == 1
+    assert main(["search", f"conf={fake_world}", "n_trials=6", "max_failures_in_row=3", *ONE_STAGE],
+                faulty_eval.FaultyEvaluator) == 1
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "3 trials in a row failed" in err[0] and "max_failures_in_row" in err[0]
     trials = study_of(fake_world).get_trials()

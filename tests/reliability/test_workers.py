@@ -21,7 +21,7 @@ from tests.reliability.helpers import counted, env_for, make_models, study_of, w
 
 
 def _search(path, *extra):
-    return [sys.executable, "-m", "evolve", "search", f"conf={path}", "export=false", "report=false",
+    return [sys.executable, "-m", "tests.helpers.fake_cli", "search", f"conf={path}", "export=false", "report=false",
             "optimizer=random", *extra]
 
 

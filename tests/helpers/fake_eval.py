@@ -1,4 +1,4 @@
-"""A fast stand-in for evolve.evaluate.Evaluator (search tests): scores are smooth functions of the live weights.
+"""A fast stand-in for evolve.evaluate.Evaluator (search and reliability tests): scores are smooth functions of the live weights.
 
 Task `t` scores how close layer 0's q_proj is to source model `t`'s (targets are read from the model folders
 named in FAKE_EVAL_TARGETS, JSON {task: folder}); FAKE_EVAL_SLEEP adds seconds per evaluation.
@@ -70,7 +70,8 @@ def make_models(root: Path) -> dict[str, Path]:
 
 
 def write_config(tmp: Path, models: dict[str, Path], **extra: object) -> Path:
-    """A search config YAML (outside conf/, using conf/'s method/optimizer/pruner groups) for the fake world."""
+    """A search config YAML (outside conf/, using conf/'s method/optimizer/pruner groups) for the fake world; run it
+    with FakeEvaluator injected (tests.helpers.fake_cli, or run_search(cfg, FakeEvaluator))."""
     lines = [
         "# fake-world search for tests",
         "defaults: [search_schema, {method: ties}, {optimizer: cmaes}, {pruner: median}, _self_]",
@@ -81,7 +82,7 @@ def write_config(tmp: Path, models: dict[str, Path], **extra: object) -> Path:
         "heartbeat_interval: 1",
         "grace_period: 3",
         f"models: {{base: {models['base']}, sources: [{models['a']}, {models['b']}], cache_dir: {tmp / 'cache'}}}",
-        "tasks: {names: [a, b], stages: [0.5, 1.0], evaluator: 'tests.evolve.fake_eval:FakeEvaluator'}",
+        "tasks: {names: [a, b], stages: [0.5, 1.0]}",
     ]
     lines += [f"{k}: {v}" for k, v in extra.items()]
     path = tmp / "fake.yaml"
@@ -111,5 +112,5 @@ def finished_run(base: Path, monkeypatch) -> tuple[object, object]:
     root.mkdir(exist_ok=True)
     cfg, _ = load_config([f"conf={write_config(root, models)}"])
     if not (root / "run" / "report" / "results.json").exists():
-        run_search(cfg)
+        run_search(cfg, FakeEvaluator)
     return cfg, open_study(cfg, make_sampler(cfg), make_pruner(cfg), create=False)
