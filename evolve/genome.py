@@ -21,8 +21,13 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-# Substrings of tensor names (mergekit filter semantics: first matching condition wins).
-EMBED_FILTERS = ("embed_tokens", "lm_head", "model.norm")
+from merge_core.architecture import family
+from merge_core.methods import METHODS
+
+
+def _outer_filters() -> tuple[str, ...]:
+    # the embedding, head and final-norm filters of the architecture data (mergekit: first matching condition wins)
+    return family().outer_filters()
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class Genome:
     options: dict[str, Any] = field(default_factory=dict)
     tokenizer_source: str | None = None  # written into every recipe (vocabularies that differ)
     kind: str = "ps"
+    # mergekit filters of the embeddings, head and final norm (one gene), from the architecture data
+    outer_filters: tuple[str, ...] = field(default_factory=_outer_filters)
 
     @property
     def n_groups(self) -> int:
@@ -113,7 +120,7 @@ class Genome:
     def _setting(self, parts: dict[str, list[float]]) -> list[dict[str, Any]]:
         """mergekit conditional parameter list for one (param, source)."""
         embed = parts["embed"][0]
-        conds: list[dict[str, Any]] = [{"filter": f, "value": embed} for f in EMBED_FILTERS]
+        conds: list[dict[str, Any]] = [{"filter": f, "value": embed} for f in self.outer_filters]
         if self.split:
             conds.append({"filter": "post_attention_layernorm", "value": parts["mlp"]})
             conds.append({"filter": "mlp", "value": parts["mlp"]})
@@ -148,7 +155,7 @@ class Genome:
         return recipe
 
 
-EMBED_GENE = "embed_norm_head"  # the one gene of the embeddings, the final norm and the head (EMBED_FILTERS)
+EMBED_GENE = "embed_norm_head"  # the one gene of the embeddings, the final norm and the head (Genome.outer_filters)
 
 
 def short_names(sources: list[str]) -> list[str]:
@@ -179,8 +186,9 @@ def declare(method: DictConfig | dict, genome: DictConfig | dict, *, n_layers: i
             for part in parts:
                 for g in range(n_groups):
                     genes.append(Gene(f"{prefix}.{part}{g:02d}", param, src, part, g, b["low"], b["high"]))
-    # linear averages the sources alone; mergekit would otherwise add the base as a weighted input
-    uses_base = method["name"] != "linear"
+    # a method without a base (linear) averages the sources alone; mergekit would otherwise add the base as an input
+    spec = METHODS.get(method["name"])  # an unknown name is refused, in one line, when its recipe is parsed
+    uses_base = spec is None or spec.needs_base
     return Genome(
         method=method["name"], base=base if uses_base else None, sources=list(sources), n_layers=n_layers,
         group_size=group_size, split=split, genes=genes, baseline=dict(method.get("baseline") or {}),

@@ -32,6 +32,7 @@ class _Template:
     tied_to: str | None
     optional: bool
     requires: str | None
+    filter: str | None = None  # pre/post weights: a mergekit filter selecting this weight and no layer weight
 
     def applies(self, config: dict[str, Any]) -> bool:
         return self.requires is None or bool(config.get(self.requires, False))
@@ -73,6 +74,34 @@ class Architecture:
         """Tensors after the last layer (final norm, optional head)."""
         return [t.spec(None) for t in self.post if t.applies(config)]
 
+    def _outer(self, kind: WeightKind) -> _Template:
+        found = [t for t in self.pre + self.post if t.kind == kind]
+        if len(found) != 1:
+            raise ValueError(f"architecture data of {self.name}: {len(found)} weights of kind {kind!r}, expected one")
+        return found[0]
+
+    @property
+    def embed_name(self) -> str:
+        """The token embedding's tensor name."""
+        return self._outer("embed").name
+
+    @property
+    def head_name(self) -> str:
+        """The output head's tensor name (absent from tied checkpoints: it is the embedding)."""
+        return self._outer("head").name
+
+    @property
+    def final_norm_name(self) -> str:
+        """The final norm's tensor name."""
+        return self._outer("norm").name
+
+    def outer_filters(self) -> tuple[str, ...]:
+        """mergekit filters of the embedding, the head and the final norm, in that order (none matches a layer)."""
+        filters = tuple(self._outer(kind).filter for kind in ("embed", "head", "norm"))
+        if None in filters:
+            raise ValueError(f"architecture data of {self.name}: an embed/head/norm weight has no filter")
+        return filters  # type: ignore[return-value]
+
     def weights(self, config: dict[str, Any]) -> list[WeightSpec]:
         """Every tensor of a model with this config, in checkpoint order (head included)."""
         out = self.pre_weights(config)
@@ -89,6 +118,7 @@ def _templates(entries: list[dict[str, Any]], default_kind: WeightKind) -> tuple
             tied_to=e.get("tied_to"),
             optional=bool(e.get("optional", False)),
             requires=e.get("requires"),
+            filter=e.get("filter"),
         )
         for e in entries
     )
@@ -115,6 +145,23 @@ def _registry() -> dict[str, Architecture]:
 def supported_architectures() -> list[str]:
     """Names of the architecture classes this library can merge."""
     return sorted(_registry())
+
+
+def family(config: dict[str, Any] | None = None) -> Architecture:
+    """The Architecture of `config` when its class is supported, else the Llama family's data.
+
+    For readers that must not refuse a class before the merge does (a Checkpoint opens any folder): every class
+    in `_data/llama.json` shares the weights outside the layers, so their names hold for the whole family.
+    """
+    names = (config or {}).get("architectures") or []
+    name = names[0] if isinstance(names, list) and names else None
+    registry = _registry()
+    return registry[name] if isinstance(name, str) and name in registry else next(iter(registry.values()))
+
+
+def layer_count(config: dict[str, Any]) -> int:
+    """Decoder layers of a HF config, read by its architecture's data (UserError: unsupported class, or not an int >= 1)."""
+    return get_architecture(config).num_layers(config)
 
 
 def get_architecture(config: dict[str, Any]) -> Architecture:

@@ -11,12 +11,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from merge_core.architecture import family
 from merge_core.errors import UserError
 from merge_core.textfile import read_text
 
 MAX_JSON_BYTES = 1 << 26  # config.json is ~1 KB, a shard index of the largest models a few MB
-HEAD = "lm_head.weight"
-EMBED = "model.embed_tokens.weight"
 _PICKLE_FIX = "convert it to safetensors, or pass allow_pickle=true if you trust the file"
 
 
@@ -45,8 +44,8 @@ def _read_json(path: Path) -> dict:
 class Checkpoint:
     """One HF folder: config.json plus model.safetensors, shards with an index, or (opt-in) pickled .bin files.
 
-    Tensors are read on demand from memory-mapped files; `get("lm_head.weight")` returns the embedding when
-    the config says the head is tied.
+    Tensors are read on demand from memory-mapped files; `get(head_name)` returns the embedding when the config
+    says the head is tied (`head_name`, `embed_name`: from the architecture data).
     """
 
     def __init__(self, path: str | os.PathLike, allow_pickle: bool = False) -> None:
@@ -57,15 +56,17 @@ class Checkpoint:
         self.config: dict = _read_json(self.path / "config.json")
         tie = self.config.get("tie_word_embeddings")
         self.tied: bool = default_tied(self.config.get("model_type")) if tie is None else bool(tie)
+        names = family(self.config)  # the tie pair by the architecture data (any class: checked later, by Sources)
+        self.head_name, self.embed_name = names.head_name, names.embed_name
         self._where: dict[str, Path] = {}  # tensor name -> file holding it
         self._handles: dict[Path, object] = {}
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
         self._sha: str | None = None
         self._index_files(allow_pickle)
         self.names: set[str] = set(self._where)
-        if EMBED in self.names and not self.tied and HEAD not in self.names:
+        if self.embed_name in self.names and not self.tied and self.head_name not in self.names:
             raise UserError(
-                f"{self.path}: untied model (tie_word_embeddings false) has no {HEAD}; "
+                f"{self.path}: untied model (tie_word_embeddings false) has no {self.head_name}; "
                 "restore the missing weight or set tie_word_embeddings: true in its config.json if the head is the embedding"
             )
 
@@ -124,8 +125,8 @@ class Checkpoint:
     def resolve(self, name: str) -> str:
         """The stored name behind `name` (a tied head is the embedding)."""
         # A tied head is the embedding (that is what transformers loads), even if a stale head is stored too.
-        if name == HEAD and self.tied:
-            return EMBED
+        if name == self.head_name and self.tied:
+            return self.embed_name
         return name
 
     def has(self, name: str) -> bool:
@@ -167,7 +168,7 @@ class Checkpoint:
     @property
     def dtype(self) -> torch.dtype:
         """Stored dtype of the embedding (or of the first tensor)."""
-        name = EMBED if EMBED in self._where else next(iter(sorted(self._where)))
+        name = self.embed_name if self.embed_name in self._where else next(iter(sorted(self._where)))
         file = self._where[name]
         if file in self._pickled:
             return self._pickled[file][name].dtype

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from merge_core.checkpoint import EMBED, HEAD, Checkpoint, _read_json
+from merge_core.checkpoint import Checkpoint, _read_json
 from merge_core.errors import UserError
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -78,10 +78,11 @@ class LoraCheckpoint:
         self._replaced: dict[str, str] = {}  # base tensor name -> adapter key holding its full replacement
         self._index(where)
         self.config: dict[str, Any] = dict(base.config)
-        embed_rows = self.shape(EMBED)[0] if EMBED in base.names else None
+        embed_rows = self.shape(base.embed_name)[0] if base.embed_name in base.names else None
         if embed_rows is not None and embed_rows != base.config.get("vocab_size"):
             self.config["vocab_size"] = embed_rows  # the adapter saved a resized embedding (added tokens)
         self.tied: bool = base.tied
+        self.head_name, self.embed_name = base.head_name, base.embed_name
         self.names: set[str] = set(base.names)
         self._sha: str | None = None
 
@@ -103,7 +104,7 @@ class LoraCheckpoint:
             name = key.removeprefix(_PREFIX)
             m = _KEY.match(name)
             if m is None:
-                if name == HEAD and self.base.tied:
+                if name == self.base.head_name and self.base.tied:
                     continue  # a tied model's head is its embedding: what transformers loads
                 if name in self.base.names:  # modules_to_save, older peft: the whole tensor under its own name
                     self._replaced.setdefault(name, key)
@@ -113,7 +114,7 @@ class LoraCheckpoint:
             parts.setdefault(m["module"], {})[m["part"]] = key
         for module, found in parts.items():
             target = f"{module}.weight"
-            if target not in self.base.names and not (target == HEAD and self.base.tied):
+            if target not in self.base.names and not (target == self.base.head_name and self.base.tied):
                 raise UserError(f"{where}: {self.model_id}: adapter module {module!r} is not a weight of the base; "
                                 "use an adapter trained on this base model")
             if "modules_to_save" in found:  # the trained copy wins over the frozen original
@@ -129,11 +130,11 @@ class LoraCheckpoint:
                 delta = self._deltas[target] = _Delta(a, b, kind == "lora_embedding_")
                 rank = self._file.get_slice(a).get_shape()[0]
                 delta.scale = self._alpha(module) / (math.sqrt(rank) if self.adapter_config.get("use_rslora") else rank)
-        if self.base.tied and HEAD in {*self._deltas, *self._replaced}:
-            if HEAD in self._deltas:
+        if self.base.tied and self.base.head_name in {*self._deltas, *self._replaced}:
+            if self.base.head_name in self._deltas:
                 raise UserError(f"{where}: {self.model_id}: the adapter changes lm_head of a base with tied embeddings; "
                                 "merge it with peft first (merge_and_unload) and use the saved folder")
-            del self._replaced[HEAD]  # a tied model's head is its embedding: what transformers loads
+            del self._replaced[self.base.head_name]  # a tied model's head is its embedding: what transformers loads
 
     def _alpha(self, module: str) -> float:
         # peft's get_pattern_key: an exact module name, else a regex matching the name's tail

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from merge_core.architecture import Architecture, get_architecture
-from merge_core.checkpoint import HEAD, Checkpoint
+from merge_core.checkpoint import Checkpoint
 from merge_core.compat import check_agreement, check_float, strip_remote_code
 from merge_core.errors import UserError
 from merge_core.recipe import Recipe
@@ -279,4 +279,4 @@ def _tokenizer_path(recipe: Recipe, models: dict[str, Checkpoint], base_id: str,
     return resolve_model_path(source, root, f"{where}: tokenizer_source")
 
 
-__all__ = ["HEAD", "SHAPE_KEYS", "Sources", "has_nonfinite", "locate_model", "recipe_inputs", "resolve_model_path"]
+__all__ = ["SHAPE_KEYS", "Sources", "has_nonfinite", "locate_model", "recipe_inputs", "resolve_model_path"]

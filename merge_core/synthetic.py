@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from merge_core.architecture import family, get_architecture
 from merge_core.device import dtype_name
+from merge_core.shards import ShardWriter
 
 # Llama 3.2's rope scaling, so tiny models exercise the same config path as the real ones.
 LLAMA32_ROPE = {
@@ -95,7 +96,8 @@ def llama_weight_shapes(config: dict) -> Iterator[tuple[str, tuple[int, ...]]]:
     h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
     hd = config.get("head_dim") or h // config["num_attention_heads"]
     q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
-    yield "model.embed_tokens.weight", (v, h)
+    arch = get_architecture(config)
+    yield arch.embed_name, (v, h)
     for n in range(config["num_hidden_layers"]):
         p = f"model.layers.{n}."
         yield p + "input_layernorm.weight", (h,)
@@ -107,9 +109,9 @@ def llama_weight_shapes(config: dict) -> Iterator[tuple[str, tuple[int, ...]]]:
         yield p + "mlp.gate_proj.weight", (i, h)
         yield p + "mlp.up_proj.weight", (i, h)
         yield p + "mlp.down_proj.weight", (h, i)
-    yield "model.norm.weight", (h,)
+    yield arch.final_norm_name, (h,)
     if not config["tie_word_embeddings"]:
-        yield "lm_head.weight", (v, h)
+        yield arch.head_name, (v, h)
 
 
 def _generator(seed: int, name: str) -> torch.Generator:
@@ -166,18 +168,8 @@ def make_checkpoint(
             vocab=vocab, tied=True if tied is None else tied, dtype=dtype,
         )
 
-    written = 0  # shards written so far
-    current: dict[str, torch.Tensor] = {}
-    current_bytes = total_bytes = 0
-    names: list[tuple[str, int]] = []
-
-    def flush() -> None:
-        nonlocal current, current_bytes, written
-        if current:
-            written += 1
-            _write_shard(out, current, written, shard_size is not None)
-        current, current_bytes = {}, 0
-
+    # one stream of tensors, so 1B-shaped checkpoints never sit in memory whole (shard_size bounds a shard)
+    shards = ShardWriter(out, shard_size, index=shard_size is not None)
     for name, shape in llama_weight_shapes(config):
         if parent is not None:
             tensor = parent.get(name).to(torch.float32)
@@ -185,16 +177,8 @@ def make_checkpoint(
                 tensor = tensor + noise * torch.randn(shape, generator=_generator(seed, name))
         else:
             tensor = _random_tensor(name, shape, seed)
-        tensor = tensor.to(dtype).contiguous()
-        size = tensor.numel() * tensor.element_size()
-        if shard_size is not None and current and current_bytes + size > shard_size:
-            flush()
-        current[name] = tensor
-        current_bytes += size
-        total_bytes += size
-        names.append((name, written + 1))
-    flush()
-    _finish_shards(out, names, written, total_bytes, shard_size is not None)
+        shards.add(name, tensor.to(dtype).contiguous())
+    shards.close()
 
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     gen_cfg = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "do_sample": False}
@@ -206,25 +190,6 @@ def make_checkpoint(
     if tokenizer:
         tokenizer.save_pretrained(out)
     return out
-
-
-def _write_shard(out: Path, tensors: dict[str, torch.Tensor], index: int, sharded: bool) -> None:
-    name = f"model-{index:05d}.safetensors.partial" if sharded else "model.safetensors"
-    save_file(tensors, str(out / name), metadata={"format": "pt"})
-
-
-def _finish_shards(out: Path, names: list[tuple[str, int]], count: int, total: int, sharded: bool) -> None:
-    # Shard file names carry the total count, known only at the end.
-    if not sharded:
-        return
-    files = {}
-    for i in range(1, count + 1):
-        final = f"model-{i:05d}-of-{count:05d}.safetensors"
-        partial = out / f"model-{i:05d}.safetensors.partial"
-        partial.rename(out / final)
-        files[i] = final
-    index = {"metadata": {"total_size": total}, "weight_map": {n: files[i] for n, i in names}}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
 def make_lora_adapter(
@@ -258,7 +223,8 @@ def make_lora_adapter(
         with torch.no_grad():
             emb = model.get_input_embeddings().weight
             emb[old:] = 0.02 * torch.randn(emb[old:].shape, generator=gen)
-        lora_options.setdefault("modules_to_save", ["embed_tokens"])
+        embed_module = family(model.config.to_dict()).embed_name.split(".")[-2]  # peft names modules, not tensors
+        lora_options.setdefault("modules_to_save", [embed_module])
     config = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.1, **lora_options)
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
@@ -280,19 +246,21 @@ def with_added_tokens(src: str | os.PathLike, path: str | os.PathLike, tokens: t
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from merge_core.checkpoint import EMBED, HEAD
-
     src, out = Path(src), Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
     tok.add_tokens(list(tokens), special_tokens=special)
     tensors = load_file(str(src / "model.safetensors"))
-    for name in (EMBED, HEAD):
+    arch = family(json.loads((src / "config.json").read_text()))
+    for name in (arch.embed_name, arch.head_name):
         if name in tensors:
             old = tensors[name]
             extra = 0.02 * torch.randn((len(tok) - old.shape[0], old.shape[1]), generator=_generator(seed, name))
             tensors[name] = torch.cat([old, extra.to(old.dtype)]).contiguous()
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    shards = ShardWriter(out, None)
+    for name, tensor in tensors.items():
+        shards.add(name, tensor)
+    shards.close()
     config = json.loads((src / "config.json").read_text())
     config["vocab_size"] = len(tok)
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -85,7 +85,7 @@ class Vocabulary:
             if setting.source is not None and setting.source.kind != "zero" and setting.source.model not in models:
                 raise UserError(f"{where}: tokenizer.tokens[{text!r}].source: model {setting.source.model!r} is not "
                                 "one the recipe merges; name one of its models")
-        sizes = {m: int(ck.config.get("vocab_size") or ck.shape("model.embed_tokens.weight")[0]) for m, ck in models.items()}
+        sizes = {m: int(ck.config.get("vocab_size") or ck.shape(ck.embed_name)[0]) for m, ck in models.items()}
         try:
             base_tok = _load(models[base_id].tokenizer_dir)
         except Exception as exc:  # transformers raises many kinds for a folder without a usable tokenizer

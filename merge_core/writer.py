@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 import yaml
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 from merge_core.device import resolve_device, resolve_dtype
 from merge_core.errors import UserError
-from merge_core.files import atomic_write_text, file_mode, glob_escape, remove_stale_temps, temp_tag  # noqa: F401 (re-exported)
+from merge_core.files import atomic_write_text, glob_escape, remove_stale_temps, temp_tag  # noqa: F401 (re-exported)
 from merge_core.overlap import refuse_overlap
 from merge_core.plan import merge_tensor, output_layers, plan_tensors
 from merge_core.recipe import Recipe, portable_dict, recipe_to_dict
+from merge_core.shards import ShardWriter
 from merge_core.sources import Sources, has_nonfinite
 from merge_core.tokenizer import TOKENIZER_FILES, chat_template_text, write_tokenizer_files  # noqa: F401  (re-export)
 
@@ -108,20 +108,7 @@ def write_failure(exc: BaseException) -> str | None:
 def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progress, check_finite=True) -> None:
     from tqdm.auto import tqdm
 
-    shard: dict[str, torch.Tensor] = {}
-    shard_bytes = total_bytes = 0
-    where: dict[str, int] = {}
-    count = 0
-
-    def flush() -> None:
-        nonlocal shard, shard_bytes, count
-        if shard:
-            count += 1
-            path = tmp / f"shard-{count}.partial"
-            save_file(shard, str(path), metadata={"format": "pt"})
-            path.chmod(file_mode())  # safetensors creates 0600 files; give shards the same mode as the rest
-        shard, shard_bytes = {}, 0
-
+    shards = ShardWriter(tmp, shard_size)
     for plan in tqdm(plans, desc="merging", unit="tensor", disable=not progress):
         # merged straight into the output dtype: streaming methods never hold the whole tensor in float32
         out = torch.empty(sources.output_shape(plan), dtype=dtype, device=device)
@@ -131,23 +118,8 @@ def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progr
             raise UserError(f"{recipe.where}: merged tensor {plan.out_name} has NaN or inf values "
                             f"(in {str(dtype).removeprefix('torch.')}); use smaller/finite merge parameters or "
                             "intact sources (nothing was written)")
-        size = tensor.numel() * tensor.element_size()
-        if shard and shard_bytes + size > shard_size:
-            flush()
-        shard[plan.out_name] = tensor
-        shard_bytes += size
-        total_bytes += size
-        where[plan.out_name] = count + 1
-    flush()
-
-    if count == 1:
-        (tmp / "shard-1.partial").rename(tmp / "model.safetensors")
-        return
-    names = {i: f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)}
-    for i, name in names.items():
-        (tmp / f"shard-{i}.partial").rename(tmp / name)
-    index = {"metadata": {"total_size": total_bytes}, "weight_map": {t: names[i] for t, i in where.items()}}
-    _write_json(tmp / "model.safetensors.index.json", index)
+        shards.add(plan.out_name, tensor)
+    shards.close()
 
 
 def _write_metadata(

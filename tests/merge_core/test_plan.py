@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from merge_core.architecture import get_architecture, supported_architectures
+from merge_core.architecture import get_architecture
 from merge_core.errors import UserError
 from merge_core.plan import merge_tensor, plan_tensors, tensor_seed
 from merge_core.recipe import load_recipe, parse_recipe, save_recipe
@@ -116,20 +116,6 @@ def test_slice_layer_errors(ranges: str, message: str) -> None:
     text = "merge_method: linear\nparameters: {weight: 1}\nslices:\n" + "".join(f"  - sources: [{{model: a, layer_range: {x}}}]\n" for x in r)
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         _plans(text)
-
-
-def test_architectures_as_data() -> None:
-    assert supported_architectures() == ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
-    text = "merge_method: linear\nparameters: {weight: 1}\nmodels: [{model: a}, {model: b}]"
-    qwen = _plans(text, {"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2})
-    assert "model.layers.1.self_attn.k_proj.bias" in qwen and "model.layers.1.self_attn.o_proj.bias" not in qwen
-    assert len(qwen) == 1 + 2 * (PER_LAYER + 3) + 1
-    llama_bias = _plans(text, {**CONFIG, "attention_bias": True})
-    assert "model.layers.3.self_attn.o_proj.bias" in llama_bias and "model.layers.0.mlp.up_proj.bias" not in llama_bias
-    mistral = _plans(text, {**CONFIG, "architectures": ["MistralForCausalLM"]}, tied=False)
-    assert len(mistral) == 1 + LAYERS * PER_LAYER + 2
-    with pytest.raises(UserError, match="'GPT2LMHeadModel' is not supported; use a model of one of LlamaForCausalLM"):
-        get_architecture({"architectures": ["GPT2LMHeadModel"]})
 
 
 def test_resolved_della_epsilon_checked() -> None:

@@ -137,7 +137,7 @@ def test_disk_full_during_export_leaves_nothing(world, tmp_path, monkeypatch, ca
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("merge_core.writer.save_file", full)
+    monkeypatch.setattr("merge_core.shards.save_file", full)  # the one shard writer
     out = tmp_path / "best"
     capsys.readouterr()
     assert main(["export", f"conf={world['conf']}", f"out={out}"]) == 2
