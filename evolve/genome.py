@@ -22,7 +22,8 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from merge_core.architecture import family
-from merge_core.methods import METHODS
+from merge_core.methods import METHODS, PARAM_BOUNDS
+from merge_core.recipe import Condition, ModelEntry, Params, Recipe, Setting, parse_recipe
 
 
 def _outer_filters() -> tuple[str, ...]:
@@ -60,6 +61,8 @@ class Genome:
     kind: str = "ps"
     # mergekit filters of the embeddings, head and final norm (one gene), from the architecture data
     outer_filters: tuple[str, ...] = field(default_factory=_outer_filters)
+    # (dtype, out_dtype) -> the method options as parse_recipe typed them, once a recipe of this genome was parsed
+    _parsed_options: dict[tuple[str, str | None], Params] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n_groups(self) -> int:
@@ -155,6 +158,57 @@ class Genome:
         return recipe
 
 
+    def recipe(self, params: dict[str, float], provenance: dict[str, Any] | None = None, dtype: str = "float32",
+               out_dtype: str | None = None, where: str = "recipe") -> Recipe:
+        """The typed Recipe of `recipe_dict(params, ...)`: equal to parse_recipe of it, built without parsing it.
+
+        The first recipe of each (dtype, out_dtype) is parsed (every check of the structure: models, options,
+        dtypes; once per search); later ones are built from the gene values, which only need to be finite numbers
+        in their parameters' ranges. Anything else (or a seed that is not an int >= 0) goes through parse_recipe,
+        so it fails with parse_recipe's one-line error.
+        """
+        key = (dtype, out_dtype)
+        prov = dict(provenance or {})
+        seed = prov.get("seed", 0)
+        if key not in self._parsed_options or not self._plain(params, seed):
+            parsed = parse_recipe(self.recipe_dict(params, prov, dtype=dtype, out_dtype=out_dtype), where=where)
+            self._parsed_options.setdefault(key, {k: parsed.parameters[k] for k in self.options})
+            return parsed
+        values = self.layer_values(params)
+        models = tuple(
+            ModelEntry(src, {p: self._conditions(by_src[i]) for p, by_src in values.items() if i in by_src})
+            for i, src in enumerate(self.sources)
+        )
+        # the order recipe_dict writes (options, then global genes in their place), so the exported YAML is the same
+        shared = {p: self._conditions(by_src[None]) for p, by_src in values.items() if None in by_src}
+        options = self._parsed_options[key]
+        parameters = {k: shared.get(k, v) for k, v in options.items()} | shared
+        return Recipe(
+            merge_method=self.method, models=models, base_model=self.base, parameters=parameters, dtype=dtype,
+            out_dtype=out_dtype or None, tokenizer_source=self.tokenizer_source or None, seed=seed,
+            provenance={k: v for k, v in prov.items() if k != "seed"}, where=where,
+        )
+
+    def _plain(self, params: dict[str, float], seed: Any) -> bool:
+        """Whether every gene value is a finite number in its parameter's range and the seed an int >= 0."""
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            return False
+        for g in self.genes:
+            v = params[g.name]
+            lo, hi = PARAM_BOUNDS.get(g.param, (-math.inf, math.inf))
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (math.isfinite(v) and lo <= v <= hi):
+                return False
+        return True
+
+    def _conditions(self, parts: dict[str, list[float]]) -> tuple[Condition, ...]:
+        """_setting's conditions as parse_recipe types them (lists become tuples)."""
+        setting: Setting = tuple(
+            Condition(tuple(c["value"]) if isinstance(c["value"], list) else c["value"], c.get("filter"))
+            for c in self._setting(parts)
+        )
+        return setting  # type: ignore[return-value]
+
+
 EMBED_GENE = "embed_norm_head"  # the one gene of the embeddings, the final norm and the head (Genome.outer_filters)
 
 
@@ -206,3 +260,11 @@ def make_genome(method: DictConfig | dict, genome: DictConfig | dict, *, n_layer
 
     return declare_dfs(g, n_layers=n_layers, base=base, sources=sources, extra_stacks=extra_stacks,
                        tokenizer_source=tokenizer_source)
+
+
+def to_recipe(genome: Any, params: dict[str, float], provenance: dict[str, Any] | None = None, *, dtype: str = "float32",
+              out_dtype: str | None = None, where: str = "recipe") -> Recipe:
+    """The Recipe of one point of any genome: a PS Genome builds it directly (Genome.recipe), others parse recipe_dict."""
+    if isinstance(genome, Genome):
+        return genome.recipe(params, provenance, dtype=dtype, out_dtype=out_dtype, where=where)
+    return parse_recipe(genome.recipe_dict(params, provenance, dtype=dtype, out_dtype=out_dtype), where=where)

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from merge_core.device import resolve_device, resolve_dtype
 from merge_core.errors import UserError
-from merge_core.plan import merge_tensor, plan_tensors
+from merge_core.plan import RecipePlan, merge_tensor, plan_recipe, plan_tensors
 from merge_core.recipe import Recipe
 from merge_core.sources import Sources, has_nonfinite
 
@@ -34,34 +34,93 @@ def build_live_model(
     return model
 
 
-def merge_into(model: PreTrainedModel, recipe: Recipe, sources: Sources, cache: bool = True) -> None:
+def plan_merge(recipe: Recipe, sources: Sources) -> RecipePlan:
+    """The tensor plan of `recipe`'s structure for these sources: made once per search, passed to every merge_into."""
+    return plan_recipe(recipe, sources.architecture, sources.base_config, sources.output_tied)
+
+
+def merge_into(
+    model: PreTrainedModel, recipe: Recipe, sources: Sources, cache: bool = True, plan: RecipePlan | None = None
+) -> None:
     """Write every tensor the recipe plans into the model's parameters in place (no state_dict copies).
 
     With `cache`, source tensors are kept on the model's device after the first call, so later candidates
     merge without reading the checkpoints again (memory: the sources' total size, in their stored dtype).
-    A passthrough recipe (a layer path, any depth) is applied by merge_core.path: its layers are views of the
-    cached sources, only scaled tensors get their own storage.
+    `plan` (plan_merge of a recipe of the same structure, e.g. the search's first) skips planning: only this
+    recipe's values are read into it. A passthrough recipe (a layer path, any depth) is applied by
+    merge_core.path: its layers are views of the cached sources, only scaled tensors get their own storage.
     """
     from merge_core.methods import METHODS
     from merge_core.path import apply_path, restore_own_storage
 
     if METHODS[recipe.merge_method].layer_paths:
         # a layer path changes the depth: layers become views of the cached sources (merge_core.path)
-        apply_path(model, recipe, sources)
+        first = next(model.parameters())
+        fetch = cached_fetch(sources, first.device, first.dtype)
+        apply_path(model, recipe, sources, fetch, _memo(sources))
         return
     restore_own_storage(model, sources)  # a model that ran a path must not write into the cached sources
-    plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
+    if plan is not None:
+        plans = plan.bind(recipe)
+    else:
+        plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
     params = dict(model.named_parameters(remove_duplicate=False))
     missing = [p.out_name for p in plans if p.out_name not in params]
     if missing:
         raise UserError(f"{recipe.where}: the live model has no parameter {missing[0]}; build it with build_live_model(sources)")
     device = next(iter(params.values())).device
-    fetch = _cached_fetch(sources, device) if cache else sources.get
+    fetch = cached_fetch(sources, device) if cache else sources.get
     align = _cached_align(sources) if cache else sources.align
     with torch.no_grad():
-        for plan in plans:
+        for p in plans:
             # streaming methods write row chunks straight into the parameter: no whole-tensor float32 copy
-            merge_tensor(plan, fetch, recipe.seed, device, out=params[plan.out_name].data, align=align)
+            merge_tensor(p, fetch, recipe.seed, device, out=params[p.out_name].data, align=align)
+
+
+# The device cache (Sources.device_cache, read and written here only): source tensors on the live model's device,
+# so candidates after the first never read the checkpoints again; kept as long as the Sources.
+
+
+def cached_fetch(sources: Sources, device: torch.device, dtype: torch.dtype | None = None) -> Callable[[str, str], torch.Tensor]:
+    """A fetch of source tensors from the device cache: in their stored dtype, or in `dtype` (a layer path's views).
+
+    One copy per source tensor and device, keyed by checkpoint and *resolved* name, so a tied head shares its
+    embedding's copy; a copy in another dtype is added only when `dtype` differs from the stored one.
+    """
+    store = sources.device_cache
+
+    def fetch(model_id: str, name: str) -> torch.Tensor:
+        ck = sources.models[model_id]
+        key = (ck.cache_key, ck.resolve(name), str(device))
+        tensor = store.get(key)
+        if tensor is None:
+            cpu = ck.get(name)
+            if dtype is not None and cpu.dtype != dtype:
+                typed = key + (str(dtype),)
+                if typed not in store:  # never a stored-dtype copy on the device that nobody reads
+                    store[typed] = cpu.to(device=device, dtype=dtype)
+                return store[typed]
+            tensor = store[key] = cpu.to(device)
+        if dtype is None or tensor.dtype == dtype:
+            return tensor
+        typed = key + (str(dtype),)
+        if typed not in store:
+            store[typed] = tensor.to(dtype)
+        return store[typed]
+
+    return fetch
+
+
+def _memo(sources: Sources) -> Callable[[tuple, Callable[[], torch.Tensor]], torch.Tensor]:
+    # a tensor derived from the sources only (a layer path's re-indexed embedding), computed once per search
+    store = sources.device_cache
+
+    def memo(key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key not in store:
+            store[key] = make()
+        return store[key]
+
+    return memo
 
 
 def _cached_align(sources: Sources) -> Callable:
@@ -85,18 +144,3 @@ def first_nonfinite(model: PreTrainedModel) -> str | None:
         if has_nonfinite(param.data):
             return name
     return None
-
-
-def _cached_fetch(sources: Sources, device: torch.device) -> Callable[[str, str], torch.Tensor]:
-    # Keyed by checkpoint and *resolved* tensor name, so a tied head shares its embedding's copy.
-    store = sources.device_cache
-
-    def fetch(model_id: str, name: str) -> torch.Tensor:
-        ck = sources.models[model_id]
-        key = (ck.cache_key, ck.resolve(name), str(device))
-        tensor = store.get(key)
-        if tensor is None:
-            tensor = store[key] = ck.get(name).to(device)
-        return tensor
-
-    return fetch

@@ -21,27 +21,10 @@ from merge_core.plan import TensorPlan, merge_tensor, output_layers, plan_tensor
 from merge_core.recipe import Recipe
 from merge_core.sources import Sources, with_depth
 
+Fetch = Callable[[str, str], torch.Tensor]
+Memo = Callable[[tuple, Callable[[], torch.Tensor]], torch.Tensor]
 _POOL = "_merge_core_path_pool"  # attribute of the live model: (model id, source layer prefix) -> layer module
 _MODE = "_merge_core_path_mode"  # attribute of the live model: True while its parameters are views of the sources
-
-
-def _live_fetch(sources: Sources, device: torch.device, dtype: torch.dtype) -> Callable[[str, str], torch.Tensor]:
-    """Cached source tensors on `device` in the live dtype (one copy per source tensor, shared with merge_into's cache)."""
-    store = sources.device_cache
-
-    def fetch(model_id: str, name: str) -> torch.Tensor:
-        ck = sources.models[model_id]
-        # merge_into's key (checkpoint, resolved name, device): a tied head shares its embedding's copy
-        key = (ck.cache_key, ck.resolve(name), str(device))
-        tensor = store.get(key)
-        if tensor is None or tensor.dtype != dtype:
-            typed = key + (str(dtype),)
-            if typed not in store:
-                store[typed] = (tensor if tensor is not None else ck.get(name)).to(device=device, dtype=dtype)
-            return store[typed]
-        return tensor
-
-    return fetch
 
 
 def _set_param(module: nn.Module, rel_name: str, value: torch.Tensor | nn.Parameter) -> None:
@@ -86,13 +69,15 @@ def _set_depth(model: PreTrainedModel, sources: Sources, n: int) -> None:
         model.config.layer_types = new["layer_types"]
 
 
-def apply_path(model: PreTrainedModel, recipe: Recipe, sources: Sources) -> None:
-    """Make the live model run `recipe`'s layer path (a passthrough recipe), reusing source tensors as views."""
+def apply_path(model: PreTrainedModel, recipe: Recipe, sources: Sources, fetch: Fetch, memo: Memo) -> None:
+    """Make the live model run `recipe`'s layer path (a passthrough recipe), reusing source tensors as views.
+
+    `fetch`: cached source tensors on the model's device in its dtype; `memo(key, make)`: the same cache for
+    tensors derived from the sources (both merge_core.live's, which owns the device cache).
+    """
     plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
     params = dict(model.named_parameters(remove_duplicate=False))
-    first = next(iter(params.values()))
-    device, dtype = first.device, first.dtype
-    fetch = _live_fetch(sources, device, dtype)
+    dtype = next(iter(params.values())).dtype
     pool: dict[tuple[str, str], nn.Module] = model.__dict__.setdefault(_POOL, {})
     by_layer: dict[int, list[TensorPlan]] = defaultdict(list)
     with torch.no_grad():
@@ -102,7 +87,7 @@ def apply_path(model: PreTrainedModel, recipe: Recipe, sources: Sources) -> None
             elif plan.out_name not in params:
                 raise UserError(f"{recipe.where}: the live model has no parameter {plan.out_name}; build it with build_live_model(sources)")
             else:
-                _set_param(model, plan.out_name, _tensor(plan, fetch, recipe, dtype, sources))
+                _set_param(model, plan.out_name, _tensor(plan, fetch, recipe, dtype, sources, memo))
         if sources.output_tied:
             _tie(model, sources)
         layers = [_layer(model, j, by_layer[j], fetch, recipe, dtype, pool) for j in sorted(by_layer)]
@@ -113,20 +98,19 @@ def apply_path(model: PreTrainedModel, recipe: Recipe, sources: Sources) -> None
     model.__dict__[_MODE] = True
 
 
-def _tensor(plan: TensorPlan, fetch, recipe: Recipe, dtype: torch.dtype, sources: Sources | None = None) -> torch.Tensor:
+def _tensor(plan: TensorPlan, fetch: Fetch, recipe: Recipe, dtype: torch.dtype, sources: Sources | None = None,
+            memo: Memo | None = None) -> torch.Tensor:
     """The cached source tensor itself when unscaled, else the scaled tensor in its own storage."""
     (model_id, name), = plan.inputs.items()
     scaled = plan.params[model_id].get("scale") is not None
-    if sources is not None and sources.vocabulary is not None and plan.kind in ("embed", "head"):
+    if sources is not None and memo is not None and sources.vocabulary is not None and plan.kind in ("embed", "head"):
         # rows re-indexed to the output tokenizer (vocab.py): own storage, cached while unscaled
         device = fetch(model_id, name).device
-        key = ("aligned-path", plan.out_name, model_id, str(device), str(dtype))
-        if scaled or key not in sources.device_cache:
-            tensor = merge_tensor(plan, fetch, recipe.seed, device, align=sources.align).to(dtype)
-            if scaled:
-                return tensor
-            sources.device_cache[key] = tensor
-        return sources.device_cache[key]
+
+        def aligned() -> torch.Tensor:
+            return merge_tensor(plan, fetch, recipe.seed, device, align=sources.align).to(dtype)
+
+        return aligned() if scaled else memo(("aligned-path", plan.out_name, model_id, str(device), str(dtype)), aligned)
     if not scaled:
         return fetch(model_id, name)
     return merge_tensor(plan, fetch, recipe.seed, fetch(model_id, name).device).to(dtype)

@@ -110,3 +110,61 @@ def test_gene_names_use_the_sources_short_names():
     assert short_names(["/m/arith", "org/units", "/x/units", "base+/ad/lora"]) == ["arith", "units_s1", "units_s2", "lora"]
     g = declare(TIES, {"layer_group_size": 5, "split_attn_mlp": False}, n_layers=5, base="B", sources=["/m/arith", "/m/units"])
     assert list(g.distributions())[:2] == ["weight.arith.embed_norm_head", "weight.arith.layer00"]
+
+
+DELLA = {"name": "della", "search": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.2, "high": 0.8},
+                                     "epsilon": {"low": 0.0, "high": 0.1}}, "options": {"lambda": 1.1, "rescale": False}}
+LINEAR = {"name": "linear", "search": {"weight": {"low": 0.0, "high": 1.0}}, "options": {"normalize": True}}
+# an option that is also a searched global parameter keeps its place in `parameters` (recipe_dict's update order)
+SLERP_T_OPTION = dict(SLERP, options={"t": 0.3})
+
+
+@pytest.mark.parametrize("method", [TIES, SLERP, DELLA, LINEAR, SLERP_T_OPTION])
+@pytest.mark.parametrize("group,split", [(1, False), (2, True), (3, False)])
+def test_typed_recipe_equals_the_parsed_recipe_and_writes_the_same_yaml(method, group, split, tmp_path):
+    from merge_core.recipe import parse_recipe, save_recipe
+
+    sources = ["x"] if method["name"] == "slerp" else ["x", "y", "z"]
+    g = declare(method, {"layer_group_size": group, "split_attn_mlp": split}, n_layers=7, base="B", sources=sources,
+                tokenizer_source="union")
+    calls = []
+    for seed in range(4):  # the first call parses, the later ones are built directly
+        params = _random_params(g, seed)
+        prov = {"seed": 3, "study": "s", "trial": seed, "source_hashes": {"x": "ab"}}
+        for dtypes in (("float32", None), ("float32", "bfloat16")):
+            typed = g.recipe(params, prov, dtype=dtypes[0], out_dtype=dtypes[1], where=f"trial {seed}")
+            parsed = parse_recipe(g.recipe_dict(params, prov, dtype=dtypes[0], out_dtype=dtypes[1]), where=f"trial {seed}")
+            assert typed == parsed and typed.where == parsed.where
+            assert repr(typed) == repr(parsed)  # same types too (tuples, floats), not just equal values
+            a = save_recipe(typed, tmp_path / "a.yaml").read_bytes()
+            assert a == save_recipe(parsed, tmp_path / "b.yaml").read_bytes()
+            calls.append(typed)
+    assert len(g._parsed_options) == 2
+
+
+def test_typed_recipe_refuses_what_parse_refuses():
+    from merge_core.errors import UserError
+
+    g = declare(TIES, {}, n_layers=3, base="B", sources=["x", "y"])
+    params = _random_params(g)
+    g.recipe(params, {"seed": 0})
+    bad = dict(params, **{"density.x.layer01": 1.5})
+    with pytest.raises(UserError, match=r"trial 9: models\[0\]\.parameters\.density\[3\]\.value: 1.5 is outside \[0, 1\]; choose density"):
+        g.recipe(bad, {"seed": 0}, where="trial 9")
+    with pytest.raises(UserError, match="evolve_merge.seed: -1 is not a non-negative integer"):
+        g.recipe(params, {"seed": -1})
+    with pytest.raises(UserError, match=r"trial 2: models\[1\]\.parameters\.weight\[0\]\.value: nan is not a finite"):
+        g.recipe(dict(params, **{"weight.y.embed_norm_head": math.nan}), {"seed": 0}, where="trial 2")
+
+
+def test_to_recipe_for_any_genome():
+    from evolve.dfs import declare_dfs
+    from evolve.genome import to_recipe
+    from merge_core.recipe import parse_recipe
+
+    g = declare(TIES, {}, n_layers=3, base="B", sources=["x", "y"])
+    params = _random_params(g)
+    assert to_recipe(g, params, {"seed": 1}, where="t") == parse_recipe(g.recipe_dict(params, {"seed": 1}), "t")
+    dfs = declare_dfs({"kind": "dfs", "repeats": 1}, n_layers=3, base="B", sources=["x"])
+    point = _random_params(dfs)
+    assert to_recipe(dfs, point, {"seed": 1}) == parse_recipe(dfs.recipe_dict(point, {"seed": 1}), "recipe")

@@ -230,3 +230,33 @@ def test_whole_model_parity_with_mergekit(tmp_path: Path, monkeypatch) -> None:
         for p in plans:
             ours = merge_tensor(p, lambda m, n: weights[m][n], recipe.seed)
             torch.testing.assert_close(ours, theirs[p.out_name].float(), rtol=0, atol=1e-5, msg=lambda s, p=p: f"{fname} {p.out_name}: {s}")
+
+
+def test_a_recipe_plan_binds_other_values_of_the_same_structure() -> None:
+    from merge_core.plan import plan_recipe, structure
+
+    def recipe(w: float, d: float, where: str):
+        return parse_recipe({
+            "merge_method": "della", "base_model": "b", "parameters": {"lambda": [1.0, w + 0.5], "epsilon": 0.05},
+            "slices": [{"sources": [{"model": "a", "layer_range": [0, 2], "parameters": {"weight": [{"filter": "mlp", "value": [w, d]}, {"value": d}]}},
+                                    {"model": "b", "layer_range": [0, 2]}], "parameters": {"density": [d, 0.5]}},
+                       {"sources": [{"model": "a", "layer_range": [2, 4], "parameters": {"weight": w, "density": 0.3}},
+                                    {"model": "b", "layer_range": [2, 4]}]}],
+        }, where)
+
+    arch = get_architecture(CONFIG)
+    first = recipe(0.3, 0.6, "first")
+    plan = plan_recipe(first, arch, CONFIG, True)
+    for i, (w, d) in enumerate([(0.9, 0.2), (0.1, 0.7), (0.35, 0.45)]):
+        r = recipe(w, d, f"trial {i}")
+        assert structure(r) == structure(first)
+        bound, fresh = plan.bind(r), plan_tensors(r, arch, CONFIG, True)
+        assert repr(bound) == repr(fresh) and bound != plan.bind(first)
+    moved = parse_recipe({**yaml.safe_load("merge_method: linear\nmodels: [{model: a, parameters: {weight: [{filter: attn, value: 1}, {value: 2}]}}]")}, "m")
+    other = parse_recipe({**yaml.safe_load("merge_method: linear\nmodels: [{model: a, parameters: {weight: [{filter: mlp, value: 1}, {value: 2}]}}]")}, "m")
+    assert structure(moved) != structure(other)  # a filter decides which value a tensor reads
+    with pytest.raises(ValueError, match="m: its models, parameter names, filters or gradient lengths differ"):
+        plan_recipe(moved, arch, CONFIG, True).bind(other)
+    # a value the plan reads is checked when it is read, with the trial's name
+    with pytest.raises(UserError, match=r"trial 9: a.parameters.epsilon: density 0.02 \+/- epsilon 0.05 leaves \(0, 1\)"):
+        plan.bind(recipe(0.5, 0.02, "trial 9"))
