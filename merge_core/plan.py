@@ -10,7 +10,7 @@ import torch
 
 from merge_core.architecture import Architecture, WeightSpec
 from merge_core.errors import UserError
-from merge_core.methods import METHODS, PARAM_BOUNDS, REQUIRED
+from merge_core.methods import METHODS, PARAM_BOUNDS, REQUIRED, MethodSpec
 from merge_core.recipe import Condition, Params, Recipe, Setting
 
 
@@ -179,9 +179,12 @@ def _fail(recipe: Recipe, key: str, problem: str, fix: str) -> UserError:
     return UserError(f"{recipe.where}: {key}: {problem}; {fix}")
 
 
-def _bind(tt: _TensorTemplate, recipe: Recipe) -> TensorPlan:
+_UNBOUNDED = (float("-inf"), float("inf"))
+
+
+def _bind(tt: _TensorTemplate, recipe: Recipe, spec: MethodSpec) -> TensorPlan:
     """The TensorPlan of one template with `recipe`'s values, checked as they are read (mergekit 0.1.5's rules)."""
-    spec, w, base = METHODS[recipe.merge_method], tt.weight, tt.base
+    w, base = tt.weight, tt.base
     options = {}
     for name, ref, default in tt.options:
         value = ref.value(recipe) if ref is not None else None
@@ -197,7 +200,7 @@ def _bind(tt: _TensorTemplate, recipe: Recipe) -> TensorPlan:
                 raise _fail(recipe, f"{model}.parameters.{name}", f"no value for {src_name}", f"give {model} a {name} that covers it")
             if value is None:
                 value = None if default is REQUIRED else default
-            lo, hi = PARAM_BOUNDS.get(name, (float("-inf"), float("inf")))
+            lo, hi = PARAM_BOUNDS.get(name, _UNBOUNDED)
             if value is not None and not lo <= value <= hi:
                 raise _fail(recipe, f"{model}.parameters.{name}", f"{value} is outside [{lo:g}, {hi:g}] for {src_name}", f"keep {name} in range")
             p[name] = value
@@ -243,7 +246,8 @@ class RecipePlan:
         if structure(recipe) != self.structure:
             raise ValueError(f"{recipe.where}: its models, parameter names, filters or gradient lengths differ from "
                              "the planned recipe's; plan it with plan_recipe")
-        return [_bind(tt, recipe) for tt in self.templates]
+        spec = METHODS[recipe.merge_method]
+        return [_bind(tt, recipe, spec) for tt in self.templates]
 
 
 def plan_recipe(recipe: Recipe, arch: Architecture, config: dict[str, Any], output_tied: bool) -> RecipePlan:
@@ -257,9 +261,9 @@ def plan_recipe(recipe: Recipe, arch: Architecture, config: dict[str, Any], outp
     for sl in slices:
         for idx in range(sl.length):
             t = idx / (sl.length - 1) if sl.length > 1 else 1.0
+            inputs = [(s.model, arch.layer_weights(config, s.start + idx)) for s in sl.sources]  # once per layer
             for w_idx, w in enumerate(arch.layer_weights(config, layer)):
-                src = [(s.model, arch.layer_weights(config, s.start + idx)[w_idx].name) for s in sl.sources]
-                out.append(_template(recipe, w, src, t, sl))
+                out.append(_template(recipe, w, [(m, ws[w_idx].name) for m, ws in inputs], t, sl))
             layer += 1
     for w in arch.post_weights(config):
         if w.kind == "head" and output_tied:
@@ -272,8 +276,8 @@ def plan_recipe(recipe: Recipe, arch: Architecture, config: dict[str, Any], outp
 
 def plan_tensors(recipe: Recipe, arch: Architecture, config: dict[str, Any], output_tied: bool) -> list[TensorPlan]:
     """Plan every output tensor of `recipe` for a model shaped like `config` (head only if untied)."""
-    plan = plan_recipe(recipe, arch, config, output_tied)
-    return [_bind(tt, recipe) for tt in plan.templates]
+    plan, spec = plan_recipe(recipe, arch, config, output_tied), METHODS[recipe.merge_method]
+    return [_bind(tt, recipe, spec) for tt in plan.templates]
 
 
 def tensor_seed(seed: int, name: str) -> int:
