@@ -1,9 +1,11 @@
-"""Scores a live model on lm-eval tasks; one HFLM and one set of prebuilt requests serve every candidate.
+"""Scores a live model on lm-eval tasks; one EvalLM and one set of prebuilt requests serve every candidate.
 
 Contract: `Evaluator(model, tokenizer, tasks, ...)` builds the tasks and their requests once; `evaluate()` and
 `evaluate_staged()` run the model as it is *now* (weights changed in place change the next score) and aggregate with
 each task's own `process_results` and aggregation functions, so a score equals what lm-eval's CLI prints for the same
 items. The primary metric of a task is the first entry of its metric_list under its first filter.
+The model calls go through `evolve.lm.EvalLM` (lm-eval's LM interface; each distinct prompt runs once, generation
+stops per sequence), whose loglikelihoods equal HFLM's within float rounding and whose greedy generations are HFLM's.
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from typing import Any
 
 import torch
 
+from evolve import lm_eval_adapter as adapter
 from evolve.errors import UserError
+from evolve.lm import EvalLM
 from evolve.progress import quiet_bars
 from evolve.splits import SplitRule
-from evolve.tasks import TaskRef, load_tasks, quiet, resolve
+from evolve.tasks import TaskRef, load_tasks, resolve
 
 log = logging.getLogger(__name__)
 FEWSHOT_SEED = 1234  # lm-eval's CLI default, so few-shot tasks draw the same examples
@@ -66,7 +70,7 @@ class _TaskRun:
 
 
 class Evaluator:
-    """One HFLM around the live model plus lm-eval tasks whose requests are built once and reused."""
+    """One EvalLM around the live model plus lm-eval tasks whose requests are built once and reused."""
 
     def __init__(
         self,
@@ -96,16 +100,15 @@ class Evaluator:
         refs = resolve(tasks, split, include_path=include_path, allow_test=allow_test)
         built = load_tasks(refs, include_path)
         self.split_rule = split_rule or SplitRule()
-        with quiet("lm_eval"):  # lm-eval warns that a model object bypasses its loading arguments
-            self.lm = _make_lm(model, tokenizer, pick_device(device), batch_size, max_length)
+        self.lm = _make_lm(model, tokenizer, pick_device(device), batch_size, max_length)
 
         self.model = model
         self.stages = stages
-        self.oom_retries = 0  # batch-size halvings so far (the HFLM keeps the smaller size)
+        self.oom_retries = 0  # batch-size halvings so far (the EvalLM keeps the smaller size)
         by_name = {r.name: r for r in refs}
         self.runs = [self._build(name, task, limit, subset_seed, by_name.get(name)) for name, task in built.items()]
         self._ll_tokens = {
-            id(inst): self._encode_pair(*inst.args) for run in self.runs for insts in run.instances.values()
+            id(inst): self.lm.encode_pair(*inst.args) for run in self.runs for insts in run.instances.values()
             for inst in insts if inst.request_type == "loglikelihood"
         }
 
@@ -154,7 +157,7 @@ class Evaluator:
             raise UserError(f"tasks: {key} has no items; check its data files")
         _memoize_choices(task, docs.values())
         metric = task.config.metric_list[0]["metric"] if task.config.metric_list else next(iter(task.aggregation()))
-        filters = getattr(task, "_filters", None) or []
+        filters = adapter.task_filters(task)
         run = _TaskRun(key, task, metric, filters[0].name if filters else "none", order, docs, instances, ref, split_ids)
         run.stage_ends = [max(1, math.ceil(s * len(order) - 1e-9)) for s in self.stages]
         return run
@@ -223,7 +226,7 @@ class Evaluator:
                     inst.resps.append(out)
         for run, doc_ids, insts in new:
             if insts:
-                for ensemble in run.task._filters:  # the task's filters, applied to this stage's instances only
+                for ensemble in adapter.task_filters(run.task):  # applied to this stage's instances only
                     ensemble.apply(insts)
             for d in doc_ids:
                 metrics = run.task.process_results(run.docs[d], [i.filtered_resps[run.filter] for i in run.instances[d]])
@@ -253,14 +256,15 @@ class Evaluator:
                 log.warning("out of memory at batch size %d; retrying at %d", size, self.lm.batch_size_per_gpu)
 
     def _call_once(self, reqtype: str, reqs: list[Any]) -> tuple[list[Any], int]:
-        """Run one request type through HFLM; returns the responses and the tokens processed."""
+        """Run one request type through the EvalLM; returns the responses and the tokens of the requests."""
         if reqtype == "loglikelihood":
             # tokenized once at build time: lm-eval would otherwise re-tokenize every request for every candidate
-            encoded = [(inst.args, *self._ll_tokens[id(inst)]) for inst in reqs]
-            outs = self.lm._loglikelihood_tokens(encoded, disable_tqdm=True)
+            encoded = [self._ll_tokens[id(inst)] for inst in reqs]
+            outs = self.lm.score_tokens(encoded)
             if any(not math.isfinite(ll) for ll, _ in outs):
                 raise NonFiniteLogits("non-finite loglikelihood: the candidate model's logits contain NaN or inf")
-            return outs, sum(len(c) + len(t) for _, c, t in encoded)
+            # counted as lm-eval counts requests (context + continuation each), so token budgets stay comparable
+            return outs, sum(len(c) + len(t) for c, t in encoded)
         outs = getattr(self.lm, reqtype)(reqs, disable_tqdm=True)
         if reqtype == "generate_until":
             n_tok = sum(len(self.lm.tok_encode(inst.args[0])) + len(self.lm.tok_encode(o, add_special_tokens=False))
@@ -270,14 +274,6 @@ class Evaluator:
             if any(not math.isfinite(o) for o in outs):
                 raise NonFiniteLogits("non-finite loglikelihood: the candidate model's logits contain NaN or inf")
         return outs, n_tok
-
-    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Tokenize a loglikelihood request exactly as lm-eval's TemplateLM.loglikelihood does."""
-        if context == "":
-            cont = self.lm.tok_encode(continuation, add_special_tokens=False)
-            prefix = self.lm.prefix_token_id
-            return ([prefix], cont) if prefix != cont[0] else (cont[:1], cont[1:])
-        return self.lm._encode_pair(context, continuation)
 
 
 class _FirstForwardCheck:
@@ -322,15 +318,13 @@ def _memoize_choices(task: Any, docs: Any) -> None:
     task.doc_to_choice = doc_to_choice
 
 
-def _make_lm(model: torch.nn.Module, tokenizer: Any, device: str, batch_size: int, max_length: int | None) -> Any:
-    """Move the model to `device` (in place) and wrap it, without copying, in lm-eval's HFLM."""
-    from lm_eval.models.huggingface import HFLM
-
+def _make_lm(model: torch.nn.Module, tokenizer: Any, device: str, batch_size: int, max_length: int | None) -> EvalLM:
+    """Move the model to `device` (in place) and wrap it, without copying, in our lm-eval LM."""
     if next(model.parameters()).device != torch.device(device):
         model.to(device)
     model.eval()
-    kwargs = {"max_length": max_length} if max_length else {}
-    return HFLM(pretrained=model, tokenizer=tokenizer, device=device, batch_size=batch_size, **kwargs)
+    model.tie_weights()  # as HFLM did on wrapping: a tied config's head is the embedding, whatever was loaded
+    return EvalLM(model, tokenizer, batch_size=batch_size, max_length=max_length)
 
 
 def pick_device(device: str) -> str:
