@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from merge_core.checkpoint import Checkpoint
 from merge_core.errors import UserError
-from merge_core.synthetic import make_tokenizer
 
 
 def test_reads_single_file_lazily(tiny_models):
@@ -123,11 +122,3 @@ def test_missing_folder():
 def test_sha256_changes_with_weights(tiny_models):
     assert Checkpoint(tiny_models["base"]).sha256() != Checkpoint(tiny_models["ft_a"]).sha256()
     assert Checkpoint(tiny_models["base"]).sha256() == Checkpoint(tiny_models["base"]).sha256()
-
-
-def test_tokenizer_roundtrip_and_size():
-    tok = make_tokenizer(100)
-    assert len(tok) == 100
-    ids = tok("Hi there!")["input_ids"]
-    assert ids[0] == tok.bos_token_id and max(ids) < 100
-    assert tok.decode(ids, skip_special_tokens=True) == "Hi there!"

@@ -3,16 +3,25 @@ copy per source tensor (a tied head shares its embedding's, a layer path adds a 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from evolve.genome import declare
 from merge_core.live import build_live_model, cached_fetch, merge_into, plan_merge
-from merge_core.recipe import parse_recipe
+from merge_core.recipe import load_recipe, parse_recipe
 from merge_core.sources import Sources
+from merge_core.writer import write_model
 
 DARE = {"name": "dare_ties", "search": {"weight": {"low": 0.0, "high": 1.0}, "density": {"low": 0.2, "high": 1.0}},
         "options": {"lambda": 1.1}}
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
 
 
 def _params(model) -> dict[str, torch.Tensor]:
@@ -72,3 +81,38 @@ def test_the_device_cache_holds_one_copy_per_source_tensor(tiny_models) -> None:
     # a layer path first, in the stored dtype: merge_into later reads the same copy, never a second one
     typed_first = cached_fetch(sources, torch.device("cpu"), stored)(str(m["ft_a"]), "model.norm.weight")
     assert typed_first is fetch(str(m["ft_a"]), "model.norm.weight")
+
+
+def test_remerge_in_place_reuses_parameters(sample_recipes, recipe_file, tmp_path):  # from test_live_vs_folder.py
+    data = sample_recipes["ties_gradient_filter_mixed_tie"]
+    first = load_recipe(recipe_file(data))
+    sources = Sources.open(first)
+    live = build_live_model(sources, "cpu", torch.float32)
+    ptrs = {k: p.data_ptr() for k, p in live.named_parameters()}
+    merge_into(live, first, sources)
+    ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(1))
+    before = _logits(live, ids)
+
+    data2 = json.loads(json.dumps(data, default=str))
+    data2["models"][0]["parameters"]["weight"] = 0.05
+    second = parse_recipe(data2, "second")
+    merge_into(live, second, sources)
+    assert not torch.equal(_logits(live, ids), before)
+    out = write_model(second, sources, tmp_path / "second", progress=False)
+    assert torch.equal(_logits(live, ids), _logits(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32), ids))
+
+    merge_into(live, first, sources)  # back to the first candidate: nothing stale survives
+    assert torch.equal(_logits(live, ids), before)
+    assert ptrs == {k: p.data_ptr() for k, p in live.named_parameters()}
+
+
+def test_live_model_in_lower_precision(sample_recipes, recipe_file):  # from test_live_vs_folder.py
+    recipe = load_recipe(recipe_file(sample_recipes["dare_ties_seeded"]))
+    sources = Sources.open(recipe)
+    live = build_live_model(sources, "cpu", "bfloat16")
+    merge_into(live, recipe, sources)
+    assert all(p.dtype == torch.bfloat16 for p in live.parameters())
+    reference = build_live_model(sources, "cpu", torch.float32)
+    merge_into(reference, recipe, sources, cache=False)
+    for (k, p), q in zip(live.named_parameters(), reference.parameters()):
+        assert torch.equal(p, q.to(torch.bfloat16)), k
