@@ -13,13 +13,14 @@ import json
 import os
 from pathlib import Path
 
-from merge_core.writer import atomic_write_text
+from merge_core.device import DTYPES as MERGE_DTYPES
+from merge_core.files import atomic_write_text
 
 from evolve.commands._args import parse_kv
 from evolve.errors import UserError
 
 KEYS = ("model", "tasks", "split", "batch_size", "device", "limit", "dtype", "out", "include_path")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
+DTYPES = (*MERGE_DTYPES, "auto")  # merge_core.device's list, plus the checkpoint's own
 
 
 def run(args: list[str]) -> int:
