@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
+import dataclasses
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 import conf as conf_pkg
 from evolve import schema
 from evolve.errors import UserError
 
-OPTIMIZERS = ("cmaes", "tpe", "gp", "random", "nsga2")
-PRUNERS = ("median", "halving", "none")
+OPTIMIZERS = tuple(schema.OPTIONS["optimizer"])
+PRUNERS = tuple(schema.OPTIONS["pruner"])
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -96,38 +100,136 @@ def _one_line(exc: BaseException) -> str:
     return text[:400] if text else type(exc).__name__
 
 
-def compose_config(cargs: ConfArgs, overrides: list[str] | None = None) -> DictConfig:
-    """Compose and validate one config (no sweep values); any Hydra/OmegaConf error becomes a one-line UserError."""
+@contextlib.contextmanager
+def _hydra(config_dir: Path) -> Iterator[None]:
+    """Hydra initialized on `config_dir` for compose(); inside a running hydra.main (a search's report composes the
+    baselines' methods) the app's own Hydra is put back afterwards."""
     schema.register()
-    overrides = cargs.overrides if overrides is None else overrides
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(cargs.config_dir), version_base="1.3"):
-            cfg = compose(cargs.config_name, overrides=overrides + hydra_overrides(cargs.config_dir))
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            yield
+    finally:
+        GlobalHydra.instance().clear()
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
+
+
+def _compose(config_dir: Path, name: str, overrides: list[str], label: str) -> DictConfig:
+    """Hydra's compose, every key checked against its schema; any Hydra/OmegaConf error is a one-line UserError."""
+    try:
+        with _hydra(config_dir):
+            cfg = compose(name, overrides=overrides + hydra_overrides(config_dir))
+        cfg = _typed_options(cfg, label)
+        check_keys(cfg, label)
         OmegaConf.resolve(cfg)
     except UserError:
         raise
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean bad input here
-        raise UserError(f"{cargs.label}: {_one_line(exc)}; fix the key/value (see conf/ for groups and keys)") from None
-    finally:
-        GlobalHydra.instance().clear()
+        raise UserError(f"{label}: {_unused_key(exc) or _one_line(exc) + '; fix the key/value (see conf/ for groups and keys)'}") from None
+    return cfg
+
+
+def compose_config(cargs: ConfArgs, overrides: list[str] | None = None) -> DictConfig:
+    """Compose and validate one config (no sweep values); any Hydra/OmegaConf error becomes a one-line UserError."""
+    overrides = cargs.overrides if overrides is None else overrides
+    cfg = _compose(cargs.config_dir, cargs.config_name, overrides, cargs.label)
     validate(cfg, cargs.label)
     return cfg
 
 
+def compose_method(name: str) -> DictConfig:
+    """conf/method/NAME.yaml composed and checked as a search's `method` is (the report's untuned baselines)."""
+    label = str(conf_pkg.PATH / "method" / f"{name}.yaml")
+    cfg = _compose(conf_pkg.PATH, "search_schema", [f"+method={name}"], label)
+    check_method(cfg.method, label)
+    return cfg.method
+
+
 def sweep_combinations(overrides: list[str]) -> list[list[str]]:
-    """Expand comma-separated sweep values (`optimizer=cmaes,tpe seed=0,1`) into one override list per job."""
+    """One override list per job of a sweep (`optimizer=cmaes,tpe seed=0,1`): the jobs Hydra's basic sweeper runs,
+    each written as Hydra writes it (so a job's overrides name its already-composed config)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
+        return BasicSweeper.split_arguments(parsed, None)[0]
     except Exception as exc:
         raise UserError(f"overrides: {_one_line(exc)}; write key=value or key=a,b for a sweep") from None
-    choices = []
-    for ov in parsed:
-        if ov.is_sweep_override():
-            choices.append([f"{ov.get_key_element()}={v}" for v in ov.sweep_string_iterator()])
-        else:
-            choices.append([ov.input_line])
-    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def _typed_options(cfg: DictConfig, where: str) -> DictConfig:
+    """Each optimizer/pruner node typed as its option's schema: a config whose defaults list names no option gets
+    the schema of the node's name (as before per-option schemas); a name that is not its option's is refused."""
+    for group, options in schema.OPTIONS.items():
+        node = cfg[group]
+        name = node.name
+        _check(name in options, where, f"{group}.name", f"= {name}; choose {', '.join(options)}")
+        kind = OmegaConf.get_type(node)
+        if kind is options[name]:
+            continue
+        option = next((n for n, c in options.items() if c is kind), None)
+        _check(option is None, where, f"{group}.name", f"= {name} under {group}={option}; choose the option with "
+               f"{group}={name} (its schema and keys come with it), not {group}.name")
+        with open_dict(cfg):
+            cfg[group] = OmegaConf.merge(OmegaConf.structured(options[name]), OmegaConf.to_container(node))
+    return cfg
+
+
+def _schema_owner(kind: type | None) -> str:
+    """How a schema is named in messages: `optimizer=cmaes`, or the dataclass for the other nodes."""
+    for group, options in schema.OPTIONS.items():
+        for name, node in options.items():
+            if node is kind:
+                return f"{group}={name}"
+    return "the search config" if kind is schema.SearchConfig else (kind.__name__ if kind else "its node")
+
+
+def _alternatives(kind: type | None, key: str) -> str:
+    """`; or choose an optimizer that has it (tpe, gp)` when another option of the group has the key."""
+    for group, options in schema.OPTIONS.items():
+        if kind in options.values():
+            have = [n for n, c in options.items() if key in {f.name for f in dataclasses.fields(c)}]
+            if have:
+                return f", or choose an option that has it ({group}={' / '.join(have)})"
+    return ""
+
+
+def _key_message(full_key: str, kind: type | None) -> str:
+    """One line for a key its schema does not have."""
+    fields = [f.name for f in dataclasses.fields(kind)] if dataclasses.is_dataclass(kind) else []
+    key = full_key.rsplit(".", 1)[-1]
+    keys = f" (its keys: {', '.join(fields)})" if 0 < len(fields) <= 8 else ""
+    return f"{full_key}: not a key of {_schema_owner(kind)}{keys}; remove it{_alternatives(kind, key)}"
+
+
+def _unused_key(exc: BaseException) -> str | None:
+    """The one-line message for a Hydra/OmegaConf error that is a key the schema of its node does not have."""
+    for err in (exc, exc.__cause__):
+        if isinstance(err, (ConfigAttributeError, ConfigKeyError)) and "not in" in str(err):
+            kind = getattr(err, "object_type", None)
+            full_key = getattr(err, "full_key", None)
+            if full_key and dataclasses.is_dataclass(kind):
+                return _key_message(str(full_key), kind)
+    return None
+
+
+def check_keys(cfg: DictConfig, where: str, prefix: str = "") -> None:
+    """UserError for a key a schema does not have: `+optimizer.multi_objective=true` (Hydra's `+` adds keys past
+    the schema) reaches here, a plain override or YAML key already fails in Hydra's merge."""
+    kind = OmegaConf.get_type(cfg)
+    if dataclasses.is_dataclass(kind):
+        fields = {f.name for f in dataclasses.fields(kind)}
+        extra = [k for k in cfg.keys() if k not in fields]
+        if extra:
+            raise UserError(f"{where}: {_key_message(prefix + str(extra[0]), kind)}")
+    for key in cfg.keys():
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+            continue
+        node = cfg[key]
+        if isinstance(node, DictConfig):
+            check_keys(node, where, f"{prefix}{key}.")
 
 
 def load_config(args: list[str]) -> tuple[DictConfig, ConfArgs]:
@@ -179,10 +281,8 @@ def validate(cfg: DictConfig, where: str) -> None:
            f"= {cfg.device} must be auto, cpu, cuda or cuda:N")
     _check(0 <= cfg.threads <= MAX_THREADS, where, "threads",
            f"= {cfg.threads} must be in [0, {MAX_THREADS}] (0 = torch's default; more threads than this crash torch)")
-    _check(cfg.dtype in ("float32", "bfloat16", "float16"), where, "dtype", "must be float32, bfloat16 or float16")
-    _check(cfg.out_dtype in ("float32", "bfloat16", "float16"), where, "out_dtype", "must be float32, bfloat16 or float16")
-    _check(cfg.optimizer.name in OPTIMIZERS, where, "optimizer.name", f"= {cfg.optimizer.name}; choose {', '.join(OPTIMIZERS)}")
-    _check(cfg.pruner.name in PRUNERS, where, "pruner.name", f"= {cfg.pruner.name}; choose {', '.join(PRUNERS)}")
+    for key in ("dtype", "out_dtype"):
+        _check(cfg[key] in DTYPES, where, key, f"must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}")
     _check(cfg.genome.layer_group_size >= 1, where, "genome.layer_group_size", "must be >= 1")
     _check_genome(cfg.genome, where)
     models = cfg.models
@@ -205,7 +305,14 @@ def validate(cfg: DictConfig, where: str) -> None:
     stages = list(tasks.stages)
     _check(len(stages) >= 1 and all(0 < s <= 1 for s in stages) and stages == sorted(set(stages)) and stages[-1] == 1.0,
            where, "tasks.stages", f"= {stages} must increase strictly within (0, 1] and end at 1.0")
-    method = cfg.method
+    check_method(cfg.method, where, n_sources=len(models.sources))
+    if schema.multi_objective(cfg):
+        _check(len(tasks.names) >= 2, where, "optimizer", f"{cfg.optimizer.name} is multi-objective and needs >= 2 tasks")
+
+
+def check_method(method: DictConfig, where: str, n_sources: int | None = None) -> None:
+    """The method's keys against merge_core's registry: searched bounds, baseline values and options must be
+    parameters the method has (a baseline only for a searched one), with as many sources as it merges."""
     _check(len(method.search) >= 1, where, "method.search", "must search at least one parameter")
     for name, b in method.search.items():
         _check(math.isfinite(b.low) and math.isfinite(b.high), where, f"method.search.{name}",
@@ -214,15 +321,30 @@ def validate(cfg: DictConfig, where: str) -> None:
         lo, hi = _param_bounds(name)
         _check(lo <= b.low and b.high <= hi, where, f"method.search.{name}",
                f"bounds [{b.low}, {b.high}] leave [{lo:g}, {hi:g}], the range of {name}; narrow them")
-    known = _method_params(method.name)
-    if known is not None:
-        _check(known is not False, where, "method.name", f"= {method.name} is not a known merge method")
-        for name in method.search:
-            _check(name in known, where, f"method.search.{name}", f"is not a parameter of {method.name} ({', '.join(sorted(known))})")
-    if method.name == "slerp":
-        _check(len(models.sources) == 1, where, "models.sources", "slerp merges the base with exactly one source")
-    if cfg.optimizer.multi_objective:
-        _check(len(tasks.names) >= 2, where, "optimizer", f"{cfg.optimizer.name} is multi-objective and needs >= 2 tasks")
+    spec = _method_spec(method.name)
+    if spec is None:  # merge_core unavailable: its recipe check still refuses what is wrong, later
+        return
+    _check(spec is not False, where, "method.name", f"= {method.name} is not a known merge method")
+    known = set(spec.tensor_params) | set(spec.global_params)
+    for name in method.search:
+        _check(name in known, where, f"method.search.{name}", f"is not a parameter of {method.name} ({', '.join(sorted(known))})")
+        _check(not method.search[name].per_source or name in spec.tensor_params, where,
+               f"method.search.{name}.per_source", f"is true, but {name} is one value for all models in "
+               f"{method.name}; set per_source: false")
+    for name in method.baseline:
+        _check(name in method.search, where, f"method.baseline.{name}", f"is not used: {name} is not searched by "
+               f"method={method.name} (searched: {', '.join(method.search)}); remove it or add method.search.{name}")
+    for name in method.options:
+        _check(name in known, where, f"method.options.{name}",
+               f"is not a parameter of {method.name} ({', '.join(sorted(known))}); remove it")
+    if n_sources is not None and spec.exact_inputs is not None:  # slerp: 2 inputs, the base and one source
+        want = spec.exact_inputs - (1 if spec.needs_base else 0)
+        what = "one source" if want == 1 else f"{want} sources"
+        what = f"the base with exactly {what}" if spec.needs_base else f"exactly {what}"
+        _check(n_sources == want, where, "models.sources", f"{method.name} merges {what}")
+    if n_sources is not None:
+        _check(n_sources >= spec.min_non_base, where, "models.sources",
+               f"{method.name} needs at least {spec.min_non_base} source models besides the base")
 
 
 GENOMES = ("ps", "dfs", "ps_dfs")
@@ -273,13 +395,10 @@ def _param_bounds(name: str) -> tuple[float, float]:
     return PARAM_BOUNDS.get(name, (float("-inf"), float("inf")))
 
 
-def _method_params(name: str) -> set[str] | bool | None:
-    """Parameter names of a merge method from merge_core's registry (None if the registry is unavailable)."""
+def _method_spec(name: str) -> Any:
+    """The MethodSpec of a merge method from merge_core's registry (False if unknown, None if unavailable)."""
     try:
         from merge_core.methods import METHODS
     except ImportError:
         return None
-    spec = METHODS.get(name)
-    if spec is None:
-        return False
-    return set(spec.tensor_params) | set(spec.global_params)
+    return METHODS.get(name, False)

@@ -14,6 +14,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from evolve.errors import UserError
+from evolve.schema import multi_objective
 
 IDENTITY_ATTR = "identity"
 # May change between runs of one study: how much to run and how, not what a score means (see README).
@@ -28,6 +29,8 @@ _FIX = "a study keeps its method, genome, tasks, evaluation settings and source 
 def config_identity(cfg: DictConfig) -> dict[str, Any]:
     """The config part of a study's identity: every key that is not free to change, flattened to dotted keys."""
     data = OmegaConf.to_container(cfg, resolve=True)
+    if "optimizer" in data:  # single-objective optimizers have no multi_objective key (evolve/schema.py); still recorded
+        data["optimizer"] = {**data["optimizer"], "multi_objective": multi_objective(cfg)}
     flat = _flatten({k: v for k, v in data.items() if k in ("method", "genome", "tasks", "optimizer", "dtype")})
     return {k: v for k, v in flat.items() if not any(k == f or k.startswith(f + ".") for f in FREE_KEYS)}
 

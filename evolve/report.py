@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-import conf as conf_pkg
 from merge_core.writer import atomic_write_text, remove_stale_temps, temp_tag
+from evolve.config import compose_method
 from evolve.export import dev_test_scores, ensure_world, test_evaluator
 from evolve.select import best_trial, full_dev_evaluator
 
@@ -44,7 +43,7 @@ def _rows_to_score(cfg: DictConfig, best: Any, world: Any) -> list[tuple[str, st
         data = {"merge_method": "linear", "models": [{"model": extra, "parameters": {"weight": 1.0}}], "dtype": "float32"}
         rows.append(("PS stage best", "baseline", parse_recipe(data, where=f"stack {extra}")))
     for name in BASELINES:
-        method = yaml.safe_load((conf_pkg.PATH / "method" / f"{name}.yaml").read_text())
+        method = compose_method(name)  # conf/method/<name>.yaml through Hydra and the schema, as a search reads it
         bg = declare(method, {**world.cfg.genome, "kind": "ps"}, n_layers=g.n_layers, base=base, sources=g.sources,
                      tokenizer_source=cfg.models.get("tokenizer_source"))
         data = bg.recipe_dict(bg.baselines()[0], {"seed": int(cfg.seed)}, dtype="float32")

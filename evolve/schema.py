@@ -75,22 +75,99 @@ class TasksConf:
     split: SplitConf = field(default_factory=SplitConf)
 
 
+# One schema per option of the optimizer and pruner groups (Hydra's structured config schema per config group
+# option): each conf/<group>/<option>.yaml extends its schema through its defaults list, so a key the chosen option
+# does not use (`optimizer=cmaes optimizer.multi_objective=true`) fails at composition; evolve.config names it.
+
+
 @dataclass
 class OptimizerConf:
-    """Optuna sampler: name (cmaes, tpe, gp, random, nsga2) and its keyword options."""
+    """What every optimizer option has: its name and the keyword options of its Optuna sampler."""
 
     name: str = "cmaes"
-    multi_objective: bool = False
     options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CmaesConf(OptimizerConf):
+    """optimizer=cmaes: Optuna's CmaEsSampler (single-objective only)."""
+
+    name: str = "cmaes"
+
+
+@dataclass
+class TpeConf(OptimizerConf):
+    """optimizer=tpe: Optuna's TPESampler; multi_objective = one objective per task."""
+
+    name: str = "tpe"
+    multi_objective: bool = False
+
+
+@dataclass
+class GpConf(OptimizerConf):
+    """optimizer=gp: Optuna's GPSampler; multi_objective = one objective per task."""
+
+    name: str = "gp"
+    multi_objective: bool = False
+
+
+@dataclass
+class RandomConf(OptimizerConf):
+    """optimizer=random: Optuna's RandomSampler; multi_objective = one objective per task."""
+
+    name: str = "random"
+    multi_objective: bool = False
+
+
+@dataclass
+class Nsga2Conf(OptimizerConf):
+    """optimizer=nsga2: Optuna's NSGAIISampler; a Pareto front over the tasks unless multi_objective=false."""
+
+    name: str = "nsga2"
+    multi_objective: bool = True
 
 
 @dataclass
 class PrunerConf:
-    """Pruner for staged evaluation (median, halving or none)."""
+    """What every pruner option has: its name."""
+
+    name: str = "median"
+
+
+@dataclass
+class MedianPrunerConf(PrunerConf):
+    """pruner=median: Optuna's MedianPruner over the evaluation stages."""
 
     name: str = "median"
     n_startup_trials: int = 4
     options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HalvingPrunerConf(PrunerConf):
+    """pruner=halving: Optuna's SuccessiveHalvingPruner over the evaluation stages (min_resource 1)."""
+
+    name: str = "halving"
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NoPrunerConf(PrunerConf):
+    """pruner=none: every trial is scored on all its stages."""
+
+    name: str = "none"
+
+
+# option name -> its schema; the group's YAML files are the same names (conf/<group>/<option>.yaml)
+OPTIONS: Dict[str, Dict[str, type]] = {
+    "optimizer": {"cmaes": CmaesConf, "tpe": TpeConf, "gp": GpConf, "random": RandomConf, "nsga2": Nsga2Conf},
+    "pruner": {"median": MedianPrunerConf, "halving": HalvingPrunerConf, "none": NoPrunerConf},
+}
+
+
+def multi_objective(cfg: Any) -> bool:
+    """Whether the search has one objective per task (only optimizers whose schema has multi_objective can)."""
+    return bool(cfg.optimizer.get("multi_objective", False))
 
 
 @dataclass
@@ -144,6 +221,10 @@ class SearchConfig:
 
 
 def register() -> None:
-    """Store the schema as `search_schema` so primary configs list it first in their defaults."""
+    """Store the schema as `search_schema` (primary configs list it first in their defaults) and each group option's
+    schema as `schema/<group>/<option>` (its YAML lists `/schema/<group>/<option>@_here_` first)."""
     cs = ConfigStore.instance()
     cs.store(name="search_schema", node=SearchConfig)
+    for group, options in OPTIONS.items():
+        for name, node in options.items():
+            cs.store(group=f"schema/{group}", name=name, node=node)

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from evolve import identity
 from evolve.errors import RunFailed, UserError
+from evolve.schema import multi_objective
 from evolve.genome import Genome, make_genome
 from evolve.outputs import check_outputs
 from evolve.preflight import check_tokenizer, layer_count
@@ -67,7 +68,7 @@ def task_score(scores: dict[str, float], task: str, split: str = "dev") -> float
 def objective_values(cfg: DictConfig, scores: dict[str, float]) -> list[float]:
     """The objective(s): one weighted mean, or one value per task when multi-objective."""
     per_task = [task_score(scores, t) for t in cfg.tasks.names]
-    if cfg.optimizer.multi_objective:
+    if multi_objective(cfg):
         return per_task
     return [sum(w * s for w, s in zip(task_weights(cfg), per_task))]
 
@@ -214,7 +215,7 @@ def run_trial(world: World, study: optuna.Study, trial: optuna.Trial) -> tuple[T
     trial.set_user_attr("merge_seconds", round(time.perf_counter() - t0, 3))
     tokens, eval_s, values, scores = 0, 0.0, None, {}
     try:
-        staged = not cfg.optimizer.multi_objective
+        staged = not multi_objective(cfg)
         results = world.evaluator.evaluate_staged() if staged else [world.evaluator.evaluate()]
         for stage, res in enumerate(results):
             # EvalResult.tokens/seconds are cumulative over the stages of one evaluate_staged

@@ -17,13 +17,14 @@ from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
 from evolve.errors import UserError
+from evolve.schema import multi_objective
 
 ATTR = "selection"
 
 
 def metric_names(cfg: DictConfig) -> list[str]:
     """Names of the objective(s) as optuna-dashboard shows them: combined_dev, or one dev score key per task."""
-    if cfg.optimizer.multi_objective:
+    if multi_objective(cfg):
         return [t if str(t).endswith("_dev") else f"{t}_dev" for t in map(str, cfg.tasks.names)]
     return ["combined_dev"]
 

@@ -16,6 +16,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from evolve.errors import UserError
+from evolve.schema import multi_objective
 from merge_core.files import exclusive_lock
 from evolve.storage_check import cannot_open, check_storage_url, is_journal, no_driver, repair_journal
 
@@ -167,9 +168,9 @@ def make_sampler(cfg: DictConfig, seed_offset: int = 0) -> optuna.samplers.BaseS
 def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
     """Pruner over evaluation stages; none for multi-objective studies (Optuna cannot prune those)."""
     p = cfg.pruner
-    options = OmegaConf.to_container(p.options, resolve=True) or {}
-    if p.name == "none" or cfg.optimizer.multi_objective:
+    if p.name == "none" or multi_objective(cfg):
         return optuna.pruners.NopPruner()
+    options = OmegaConf.to_container(p.options, resolve=True) or {}  # pruner=none has no options (evolve/schema.py)
     try:
         if p.name == "median":
             return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, **options)
@@ -193,7 +194,7 @@ def open_study(cfg: DictConfig, sampler: optuna.samplers.BaseSampler, pruner: op
         except KeyError:
             raise UserError(f"study_name: no study {cfg.study_name!r} in {storage_url(cfg)}; run "
                             f"`evolve search` first or fix study_name/out_dir/storage") from None
-    n_obj = len(cfg.tasks.names) if cfg.optimizer.multi_objective else 1
+    n_obj = len(cfg.tasks.names) if multi_objective(cfg) else 1
     return optuna.create_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
                                directions=["maximize"] * n_obj, load_if_exists=True)
 

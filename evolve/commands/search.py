@@ -22,16 +22,14 @@ HYDRA_SETTINGS = [
 
 
 def run(args: list[str], evaluator_factory: Any = None) -> int:
-    """Validate every config of the run (or sweep) first, then hand the run to hydra.main."""
+    """Compose and validate every config of the run (or sweep) first, then hand the run to hydra.main, whose jobs
+    run those configs (Hydra's launcher makes the run/sweep folders and numbers the jobs)."""
     cargs = parse_args(args)
     combos = sweep_combinations(cargs.overrides) if cargs.multirun else [cargs.overrides]
-    new_dirs = set()
-    for combo in combos:
-        out = Path(compose_config(cargs, combo).out_dir)
-        if not out.exists():
-            new_dirs.add(out)
+    configs = {tuple(combo): compose_config(cargs, combo) for combo in combos}
+    new_dirs = {Path(cfg.out_dir) for cfg in configs.values() if not Path(cfg.out_dir).exists()}
     try:
-        return _run_hydra(cargs, evaluator_factory)
+        return _run_hydra(cargs, configs, evaluator_factory)
     except UserError:
         for out in new_dirs:  # Hydra made them before our checks failed: bad input leaves nothing behind
             _remove_empty_tree(out)
@@ -82,21 +80,31 @@ def _study_args(cargs: ConfArgs, cfg) -> list[str]:
     return [f"conf={name}", *job, f"out_dir={cfg.out_dir}", f"study_name={cfg.study_name}"]
 
 
-def _run_hydra(cargs: ConfArgs, evaluator_factory: Any = None) -> int:
+def _composed(cargs: ConfArgs, configs: dict[tuple[str, ...], Any]) -> Any:
+    """The config composed and validated up front for the job Hydra runs now (its overrides name it)."""
+    if not cargs.multirun:
+        return configs[tuple(cargs.overrides)]
+    from hydra.core.hydra_config import HydraConfig
+
+    job = tuple(HydraConfig.get().overrides.task)
+    if job not in configs:  # a job Hydra found beyond the command line (a sweep in the YAML's hydra section)
+        configs[job] = compose_config(cargs, list(job))
+    return configs[job]
+
+
+def _run_hydra(cargs: ConfArgs, configs: dict[tuple[str, ...], Any], evaluator_factory: Any = None) -> int:
     import hydra
 
     from evolve import schema
-    from evolve.config import validate
     from evolve.search import run_search
     from evolve.summary import closing_lines
 
     schema.register()
     errors: list[BaseException] = []
 
-    def task(cfg) -> None:
+    def task(_hydra_cfg) -> None:
         try:
-            cfg = _job_config(cfg, cargs.multirun)
-            validate(cfg, cargs.label)
+            cfg = _job_config(_composed(cargs, configs), cargs.multirun)
             run_search(cfg, evaluator_factory)
             print(closing_lines(cfg, _study_args(cargs, cfg)), flush=True)
         except Exception as exc:  # noqa: BLE001 - Hydra would print its own traceback and exit 1

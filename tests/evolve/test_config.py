@@ -89,3 +89,16 @@ def test_llama32_lora_example_names_its_missing_sources(tmp_path, capsys):
     assert main(["search", "conf=llama32_lora", f"out_dir={tmp_path / 'o'}", "device=cpu", "progress=false"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "models." in err and "is not on this machine" in err
+
+
+GROUP_OPTIONS = [(g, p.stem) for g in ("method", "optimizer", "pruner", "genome")
+                 for p in sorted((conf_pkg.PATH / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
+def test_every_shipped_group_option_composes(group, option, tmp_path):
+    """Each option file with conf=tiny (slerp merges one source); its own keys keep working."""
+    extra = ["models.sources=[succ]"] if option == "slerp" else []
+    cfg, _ = load_config(["conf=tiny", f"out_dir={tmp_path}", f"{group}={option}", *extra])
+    node = cfg[group]
+    assert node.get("name", node.get("kind")) == option

@@ -60,3 +60,24 @@ def test_sweep_jobs_print_a_header_and_keep_their_overrides(tmp_path, models):
         assert f"== sweep job {job}: export=False report=False n_trials=1 seed={job} -> {out}" in res.stdout
         kept = yaml.safe_load((out / "overrides.yaml").read_text())
         assert kept == {"job": job, "overrides": ["export=False", "report=False", "n_trials=1", f"seed={job}"]}
+
+
+def test_each_job_runs_the_config_composed_and_validated_once(tmp_path, models, monkeypatch):
+    import evolve.config
+    import evolve.search
+
+    for k, v in env_for(models).items():
+        monkeypatch.setenv(k, v)
+    validated, ran = [], []
+    real_validate = evolve.config.validate
+    monkeypatch.setattr(evolve.config, "validate", lambda cfg, where: (validated.append(int(cfg.seed)),
+                                                                       real_validate(cfg, where))[1])
+    monkeypatch.setattr(evolve.search, "run_search", lambda cfg, *rest: ran.append((int(cfg.seed), cfg.study_name)))
+    path = write_config(tmp_path, models)
+    assert main(["search", f"conf={path}", "export=false", "report=false", "n_trials=1", "seed=0,1", "-m"]) == 0
+    assert validated == [0, 1]  # once per job, all before the first job runs
+    assert ran == [(0, "fake_job0"), (1, "fake_job1")]
+    validated.clear()
+    ran.clear()
+    assert main(["search", f"conf={path}", "export=false", "report=false", "seed=3"]) == 0
+    assert validated == [3] and ran == [(3, "fake")]
