@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from merge_core.methods import blend
 from merge_core.methods.registry import REQUIRED, register
 from merge_core.methods.chunks import row_chunks, scratch
 
@@ -37,6 +38,8 @@ def linear(
         weights = [w / total for w in weights]
     first = inputs[0]
     out = torch.empty(first.shape, dtype=torch.float32, device=first.device) if out is None else out
+    if blend.weighted_sum(inputs, weights, out):  # one compiled pass, same bits as the loop below
+        return out
     for rows in row_chunks(tuple(first.shape)):
         acc = scratch("acc", inputs[0][rows].shape, first.device).copy_(inputs[0][rows]).mul_(weights[0])
         for x, w in zip(inputs[1:], weights[1:]):

@@ -38,12 +38,16 @@ def mode() -> str:
     return {"0": "off", "false": "off", "off": "off", "1": "on", "true": "on", "on": "on"}.get(v, "auto")
 
 
+DEVICES = ("cpu", "cuda")  # where torch.compile has a backend (inductor: C++ on CPU, Triton on CUDA)
+
+
 def usable(base: torch.Tensor, out: torch.Tensor | None, n: int) -> bool:
     """Whether this tensor's merge goes through the fused kernels."""
     m = mode()
-    if m == "off" or _broken or base.device.type != "cpu" or n == 0 or (m == "auto" and n < FUSED_MIN):
+    dev = base.device.type
+    if m == "off" or _broken or dev not in DEVICES or n == 0 or (m == "auto" and n < FUSED_MIN):
         return False
-    return out is None or (out.is_contiguous() and out.device.type == "cpu")
+    return out is None or (out.is_contiguous() and out.device == base.device)
 
 
 def _trim_pass(x: torch.Tensor, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

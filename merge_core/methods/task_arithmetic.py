@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 
-from merge_core.methods import fused
+from merge_core.methods import blend, fused
 from merge_core.methods import sparsify as sp
 from merge_core.methods.chunks import row_chunks, scratch
 from merge_core.methods.registry import REQUIRED, register
@@ -151,6 +151,8 @@ def _weighted_sum(
     div = weight_divisor(weights) if normalize else 1.0
     coef = [lam * w / div for w in weights]
     inputs = [(tensors[base], 1.0 - sum(coef))] + [(tensors[m], c) for m, c in zip(others, coef)]
+    if blend.weighted_sum([x for x, _ in inputs], [c for _, c in inputs], out):  # one compiled pass, same bits
+        return out
     for rows in row_chunks(tuple(out.shape)):
         acc = scratch("acc", inputs[0][0][rows].shape, out.device).copy_(inputs[0][0][rows]).mul_(inputs[0][1])
         for x, c in inputs[1:]:

@@ -1,0 +1,91 @@
+"""One compiled pass for a weighted sum of tensors (linear, dense task_arithmetic): each input read once, out written once.
+
+The eager weighted sum (basic.linear, task_arithmetic._weighted_sum) computes, a row chunk at a time,
+`acc = x0 * c0` and then `acc.add_(x_i, alpha=c_i)`, which ATen's CPU and CUDA kernels evaluate as the fused
+multiply-add fma(x_i, c_i, acc) in float32. Inductor writes `x * c + acc` as a multiply and an add; on CPU it
+compiles with -ffp-contract=off by default, which would round twice and change ~25 % of float32 results by an ulp.
+This kernel is compiled with contraction allowed, so the compiler emits the same FMAs, and every compiled variant
+(input count, dtypes, device) is checked once against the eager formula on a probe before it is trusted: a variant
+that does not reproduce the eager bits (another compiler, another backend) is never used and its merges stay eager.
+The result is the eager path's bits: same float32 operation order, same rounding into the output dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from merge_core.methods import fused
+
+log = logging.getLogger(__name__)
+
+PROBE = 4099  # probe length: several vector widths plus a scalar tail
+_VERIFIED: dict[tuple, bool] = {}  # variant -> whether its compiled kernel reproduced the eager bits
+_KERNEL: list[Any] = []
+
+
+def _wsum(xs: list[torch.Tensor], coef: torch.Tensor, out: torch.Tensor) -> None:
+    acc = xs[0].float() * coef[0]
+    for i in range(1, len(xs)):
+        acc = xs[i].float() * coef[i] + acc  # contracted to fma(x_i, c_i, acc), as ATen's add(alpha=)
+    out.copy_(acc)
+
+
+def _kernel() -> Any:
+    if not _KERNEL:
+        from torch._inductor import config as inductor_config
+
+        compiled = torch.compile(_wsum, dynamic=True, fullgraph=True)
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+        def call(*args: Any) -> Any:
+            # the flag is part of inductor's cache key, so this kernel never shares code compiled without it
+            with torch._dynamo.config.patch(**{limit: fused.RECOMPILE_LIMIT}), \
+                    inductor_config.patch({"cpp.enable_floating_point_contract_flag": "fast"}):
+                return compiled(*args)
+
+        _KERNEL.append(call)
+    return _KERNEL[0]
+
+
+def eager(xs: list[torch.Tensor], coefs: list[float], out: torch.Tensor) -> torch.Tensor:
+    """The reference weighted sum over whole flat tensors: x0 * c0, then add_(x_i, alpha=c_i), cast into out."""
+    acc = xs[0].to(torch.float32, copy=True).mul_(coefs[0])
+    for x, c in zip(xs[1:], coefs[1:]):
+        acc.add_(x, alpha=c)
+    return out.copy_(acc)
+
+
+def _verified(key: tuple, xs: list[torch.Tensor], out: torch.Tensor) -> bool:
+    if key not in _VERIFIED:
+        gen = torch.Generator().manual_seed(len(xs))
+        base = torch.randn(PROBE, generator=gen)
+        probe = [(base + 0.01 * i * torch.randn(PROBE, generator=gen)).to(x.dtype).to(x.device) for i, x in enumerate(xs)]
+        coefs = [0.37 - 0.21 * i for i in range(len(xs))]
+        want = eager(probe, coefs, torch.empty(PROBE, dtype=out.dtype, device=out.device))
+        got = torch.empty_like(want)
+        _kernel()(probe, torch.tensor(coefs, dtype=torch.float32, device=out.device), got)
+        _VERIFIED[key] = bool(torch.equal(got, want))
+        if not _VERIFIED[key]:
+            log.warning("compiled weighted sum differs from the eager one for %s; those merges stay eager", key)
+    return _VERIFIED[key]
+
+
+def weighted_sum(xs: list[torch.Tensor], coefs: list[float], out: torch.Tensor) -> bool:
+    """Write sum_i coefs[i] * xs[i] (eager rounding: x0 * c0, then FMAs) into `out` in one pass; False = not done
+    (the caller runs its eager loop): fused kernels off, a small tensor, a layout or variant the kernel cannot match."""
+    n = out.numel()
+    if not fused.usable(xs[0], out, n) or not all(x.is_contiguous() and x.device == out.device for x in xs):
+        return False
+    key = (tuple(x.dtype for x in xs), out.dtype, out.device.type)
+    flat = [x.reshape(-1) for x in xs]
+    try:
+        if not _verified(key, flat, out):
+            return False
+        _kernel()(flat, torch.tensor(coefs, dtype=torch.float32, device=out.device), out.view(-1))
+    except Exception as e:  # no compiler: say so once (fused.disable), merge eagerly from now on
+        fused.disable(e)
+        return False
+    return True
