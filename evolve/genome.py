@@ -44,6 +44,13 @@ class Gene:
     high: float
 
 
+def _step(g: Gene) -> float | None:
+    """Densities move on merge_core's grid (its TIES cuts / DARE codes are computed once per search); others freely."""
+    from merge_core.methods.precomputed import GRID_STEP
+
+    return GRID_STEP if g.param == "density" else None
+
+
 @dataclass
 class Genome:
     """A declared search space and everything needed to turn a point of it into a recipe."""
@@ -76,11 +83,11 @@ class Genome:
 
     def distributions(self) -> dict[str, optuna.distributions.FloatDistribution]:
         """The Optuna search space: identical on every trial, floats only."""
-        return {g.name: optuna.distributions.FloatDistribution(g.low, g.high) for g in self.genes}
+        return {g.name: optuna.distributions.FloatDistribution(g.low, g.high, step=_step(g)) for g in self.genes}
 
     def suggest(self, trial: optuna.Trial) -> dict[str, float]:
         """Ask the trial for every gene, in declaration order."""
-        return {g.name: trial.suggest_float(g.name, g.low, g.high) for g in self.genes}
+        return {g.name: trial.suggest_float(g.name, g.low, g.high, step=_step(g)) for g in self.genes}
 
     def baselines(self) -> list[dict[str, float]]:
         """Untuned starting points to enqueue: equal weights (1/n) and the method's default density/t."""

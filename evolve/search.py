@@ -105,6 +105,7 @@ def resolve_models(cfg: DictConfig, progress: bool = True) -> tuple[str, list[st
 def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = None) -> World:
     """Prepare/open the models, build the live model and the Evaluator once for the whole search."""
     from merge_core.live import build_live_model
+    from merge_core.methods import precomputed
     from merge_core.recipe import parse_recipe
     from merge_core.sources import Sources
 
@@ -141,6 +142,8 @@ def build_world(cfg: DictConfig, evaluator_factory: Callable[..., Any] | None = 
                                   device=cfg.device, limit=t.limit, subset_seed=t.subset_seed, stages=list(t.stages),
                                   **eval_options(cfg))
     hashes = {mid: ck.sha256() for mid, ck in opened.models.items()}
+    # TIES cuts / DARE codes for the genome's density grid: computed at the first trial, reused by every later one
+    precomputed.attach(opened, Path(cfg.out_dir) / "cache" / "trims")
     return World(cfg, genome, opened, model, tokenizer, evaluator, hashes)
 
 

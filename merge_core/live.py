@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from merge_core.device import resolve_device, resolve_dtype
 from merge_core.errors import UserError
+from merge_core.methods import precomputed
 from merge_core.plan import RecipePlan, merge_tensor, plan_recipe, plan_tensors
 from merge_core.recipe import Recipe
 from merge_core.sources import Sources, has_nonfinite
@@ -71,7 +72,7 @@ def merge_into(
     device = next(iter(params.values())).device
     fetch = cached_fetch(sources, device) if cache else sources.get
     align = _cached_align(sources) if cache else sources.align
-    with torch.no_grad():
+    with torch.no_grad(), precomputed.active(sources):  # a search's per-search trims, if attached
         for p in plans:
             # streaming methods write row chunks straight into the parameter: no whole-tensor float32 copy
             merge_tensor(p, fetch, recipe.seed, device, out=params[p.out_name].data, align=align)

@@ -13,6 +13,7 @@ The result is the eager path's bits: same float32 operation order, same rounding
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -21,15 +22,17 @@ from merge_core.methods import fused
 
 log = logging.getLogger(__name__)
 
-PROBE = 4099  # probe length: several vector widths plus a scalar tail
+PROBE = 4096 + 15  # probe length: the vector body and the longest tail (AVX-512: 16 floats)
 _VERIFIED: dict[tuple, bool] = {}  # variant -> whether its compiled kernel reproduced the eager bits
 _KERNEL: list[Any] = []
 
 
 def _wsum(xs: list[torch.Tensor], coef: torch.Tensor, out: torch.Tensor) -> None:
-    acc = xs[0].float() * coef[0]
+    # max(p, -inf) == p for every float (NaN too), but it is no multiply: the compiler cannot fuse x0 * c0 into the
+    # next add, so each `x_i * c_i + acc` below has one contraction, fma(x_i, c_i, acc), as ATen's add(alpha=)
+    acc = torch.maximum(xs[0].float() * coef[0], torch.tensor(-math.inf, device=out.device))
     for i in range(1, len(xs)):
-        acc = xs[i].float() * coef[i] + acc  # contracted to fma(x_i, c_i, acc), as ATen's add(alpha=)
+        acc = xs[i].float() * coef[i] + acc
     out.copy_(acc)
 
 
@@ -58,12 +61,35 @@ def eager(xs: list[torch.Tensor], coefs: list[float], out: torch.Tensor) -> torc
     return out.copy_(acc)
 
 
+def _probe(xs: list[torch.Tensor], out: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
+    """Inputs like xs whose every entry rounds differently with and without FMAs (vector body and tail)."""
+    gen = torch.Generator().manual_seed(len(xs))
+    coefs = [0.37 - 0.21 * i for i in range(len(xs))]
+    want = PROBE
+    picked: list[list[torch.Tensor]] = [[] for _ in xs]
+    for _ in range(256):  # bf16 outputs hide most one-ulp float32 differences: a few hundred rounds at worst
+        if want <= 0:
+            break
+        base = torch.randn(4 * PROBE, generator=gen)
+        cand = [(base + 0.01 * (i + 1) * torch.randn(4 * PROBE, generator=gen)).to(x.dtype) for i, x in enumerate(xs)]
+        fma = eager(cand, coefs, torch.empty(4 * PROBE, dtype=out.dtype))
+        plain = cand[0].float() * coefs[0]
+        for x, c in zip(cand[1:], coefs[1:]):
+            plain = x.float() * c + plain  # two roundings per term
+        sensitive = torch.nonzero(fma != plain.to(out.dtype)).reshape(-1)[:want]
+        for i, x in enumerate(cand):
+            picked[i].append(x[sensitive])
+        want -= sensitive.numel()
+    if want > 0:  # not enough sensitive entries: fill with plain ones (the probe still checks those)
+        fill = torch.randn(want, generator=gen)
+        for i, x in enumerate(xs):
+            picked[i].append((fill + 0.01 * (i + 1) * torch.randn(want, generator=gen)).to(x.dtype))
+    return [torch.cat(p).to(x.device) for p, x in zip(picked, xs)], coefs
+
+
 def _verified(key: tuple, xs: list[torch.Tensor], out: torch.Tensor) -> bool:
     if key not in _VERIFIED:
-        gen = torch.Generator().manual_seed(len(xs))
-        base = torch.randn(PROBE, generator=gen)
-        probe = [(base + 0.01 * i * torch.randn(PROBE, generator=gen)).to(x.dtype).to(x.device) for i, x in enumerate(xs)]
-        coefs = [0.37 - 0.21 * i for i in range(len(xs))]
+        probe, coefs = _probe(xs, out)
         want = eager(probe, coefs, torch.empty(PROBE, dtype=out.dtype, device=out.device))
         got = torch.empty_like(want)
         _kernel()(probe, torch.tensor(coefs, dtype=torch.float32, device=out.device), got)

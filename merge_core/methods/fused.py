@@ -56,25 +56,26 @@ def _trim_pass(x: torch.Tensor, b: torch.Tensor, lo: torch.Tensor, hi: torch.Ten
     return (mag > hi).sum(), ((mag >= lo) & (mag <= hi)).to(torch.uint8)
 
 
-def _keep(x: torch.Tensor, bf: torch.Tensor, mask: torch.Tensor | None, kth: torch.Tensor, cut: torch.Tensor,
-          idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _keep(x: torch.Tensor, bf: torch.Tensor, code: torch.Tensor | None, lim: torch.Tensor, kth: torch.Tensor,
+          cut: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     d = x.float() - bf
     mag = d.abs()
     keep = (mag > kth) | ((mag == kth) & (idx <= cut))
-    return d, keep if mask is None else keep & (mask != 0)  # uint8 mask: inductor loads bool slowly
+    # DARE: kept where the entry's uint8 code is below lim (a drop mask with lim 1, or precomputed grid codes)
+    return d, keep if code is None else keep & (code < lim)
 
 
-def _l1_pass(x: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, kth: torch.Tensor, cut: torch.Tensor,
-             start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    d, keep = _keep(x, b.float(), mask, kth, cut, torch.arange(b.numel(), device=b.device) + start)
+def _l1_pass(x: torch.Tensor, b: torch.Tensor, code: torch.Tensor | None, lim: torch.Tensor, kth: torch.Tensor,
+             cut: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d, keep = _keep(x, b.float(), code, lim, kth, cut, torch.arange(b.numel(), device=b.device) + start)
     mag = d.abs()
     # float32 sums per span (like the eager path's per chunk), totals in double: float64 sums cost 20 % more
     return mag.sum(), torch.where(keep, mag, 0.0).sum()
 
 
 def _combine_pass(
-    b: torch.Tensor, xs: list[torch.Tensor], masks: list[torch.Tensor | None], kth: torch.Tensor, cut: torch.Tensor,
-    coef: torch.Tensor, w: torch.Tensor, start: torch.Tensor, div: torch.Tensor, lam: torch.Tensor,
+    b: torch.Tensor, xs: list[torch.Tensor], codes: list[torch.Tensor | None], lim: torch.Tensor, kth: torch.Tensor,
+    cut: torch.Tensor, coef: torch.Tensor, w: torch.Tensor, start: torch.Tensor, div: torch.Tensor, lam: torch.Tensor,
     consensus: bool, normalize: bool, scale_lam: bool, out: torch.Tensor,
 ) -> None:
     # the eager path's operations in its order (task_arithmetic.generalized_task_arithmetic), fused
@@ -82,7 +83,7 @@ def _combine_pass(
     idx = torch.arange(b.numel(), device=b.device) + start
     ts = []
     for i, x in enumerate(xs):
-        d, keep = _keep(x, bf, masks[i], kth[i], cut[i], idx)
+        d, keep = _keep(x, bf, codes[i], lim[i], kth[i], cut[i], idx)
         ts.append(torch.where(keep, d, 0.0) * coef[i])
     mixed = ts[0]
     for t in ts[1:]:
@@ -152,7 +153,7 @@ def _magnitude_cut(x: torch.Tensor, b: torch.Tensor, density: float) -> tuple[fl
     # sample work grows with its size m, the bracket (and the work inside it) shrinks as n / sqrt(m): m ~ n^(2/3);
     # positions drawn at random (fixed seed), since a stride can alias with the rows' structure and bias the sample
     m = min(n, SAMPLE, max(1 << 12, int(n ** (2 / 3))))
-    at = torch.randint(0, n, (m,), generator=torch.Generator().manual_seed(n))
+    at = torch.randint(0, n, (m,), generator=torch.Generator().manual_seed(n)).to(x.device)
     sample = (x[at].float() - b[at].float()).abs()
     # a miss of the bracket costs one wider pass, never a wrong answer
     lo_rank, hi_rank = sp.bracket_ranks(n, k, m, sigmas=MARGIN)
@@ -162,7 +163,7 @@ def _magnitude_cut(x: torch.Tensor, b: torch.Tensor, density: float) -> tuple[fl
     trim = _kernel("trim")
     while True:
         above, idx = 0, []
-        lo_t, hi_t = torch.tensor(lo), torch.tensor(hi)
+        lo_t, hi_t = torch.tensor(lo, device=x.device), torch.tensor(hi, device=x.device)
         for s, e in _spans(n):
             count, marked = trim(x[s:e], b[s:e], lo_t, hi_t)
             above += int(count)
@@ -186,50 +187,68 @@ def merge(
     weights: list[float], options: dict[str, Any], sparsification: str | None, consensus: str | None,
     seeds: dict[str, int], div: float, out: torch.Tensor,
 ) -> torch.Tensor:
-    """The task-arithmetic family for magnitude / random / no sparsification with or without TIES consensus."""
+    """The task-arithmetic family for magnitude / random / no sparsification with or without TIES consensus.
+
+    Inside a search (precomputed.active) each trim is looked up from the per-search grid tables; off the grid, or
+    outside a search, it is computed here. Either way the kernels see the same cut and the same keep codes.
+    """
+    from merge_core.methods import precomputed
+
+    store = precomputed.current()
     base_t = tensors[base].reshape(-1)
     xs = [tensors[m].reshape(-1) for m in others]
-    n = base_t.numel()
-    kth, cut, masks, coef = [], [], [], []
+    n, dev = base_t.numel(), base_t.device
+    kth, cut, codes, lims, coef = [], [], [], [], []
     for m, x, w in zip(others, xs, weights):
         density = float(params[m].get("density", 1.0))
-        mask = None
+        code, lim = None, 0
         if sparsification == "magnitude":
-            t, c = _magnitude_cut(x, base_t, density)
+            # the store knows the sources' own tensor objects (not views of them)
+            hit = (store.magnitude_cut(tensors[m], tensors[base], density)
+                   if store is not None and 0 < density < 1 else None)
+            t, c = hit if hit is not None else _magnitude_cut(x, base_t, density)
         else:
             t, c = -1.0, n
             if sparsification == "random" and density < 1:
-                mask = sp.bernoulli_mask((n,), density, seeds[m]).view(torch.uint8)
+                hit = store.dare_codes(n, seeds[m], density, dev) if store is not None and density > 0 else None
+                if hit is None:  # a drop mask: kept where the code is 0
+                    hit = (torch.logical_not(sp.bernoulli_mask((n,), density, seeds[m])).view(torch.uint8).to(dev), 1)
+                code, lim = hit
         scale = None
         if sparsification is not None and density < 1 and options["rescale"]:
-            scale = _l1_scale(x, base_t, mask, t, c)
+            scale = _l1_scale(x, base_t, code, lim, t, c)
         kth.append(t)
         cut.append(c)
-        masks.append(mask)
+        codes.append(code)
+        lims.append(lim)
         coef.append(w * (scale if scale is not None else 1.0))
     lam = float(options["lambda"])
     scalars = dict(
-        kth=torch.tensor(kth, dtype=torch.float32), cut=torch.tensor(cut, dtype=torch.int64),
-        coef=torch.tensor(coef, dtype=torch.float32), w=torch.tensor(weights, dtype=torch.float32),
-        div=torch.tensor(div, dtype=torch.float32), lam=torch.tensor(lam, dtype=torch.float32),
+        lim=torch.tensor(lims, dtype=torch.uint8, device=dev),
+        kth=torch.tensor(kth, dtype=torch.float32, device=dev), cut=torch.tensor(cut, dtype=torch.int64, device=dev),
+        coef=torch.tensor(coef, dtype=torch.float32, device=dev), w=torch.tensor(weights, dtype=torch.float32, device=dev),
+        div=torch.tensor(div, dtype=torch.float32, device=dev), lam=torch.tensor(lam, dtype=torch.float32, device=dev),
         consensus=consensus == "sum", normalize=bool(options["normalize"]), scale_lam=lam != 1,
     )
     flat_out = out.view(-1)
     combine = _kernel("combine")
     for s, e in _spans(n):
-        combine(base_t[s:e], [x[s:e] for x in xs], [mk[s:e] if mk is not None else None for mk in masks],
-                start=torch.tensor(s), out=flat_out[s:e], **scalars)
+        combine(base_t[s:e], [x[s:e] for x in xs], [cd[s:e] if cd is not None else None for cd in codes],
+                start=torch.tensor(s, device=dev), out=flat_out[s:e], **scalars)
     return out
 
 
-def _l1_scale(x: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, kth: float, cut: int,
+def _l1_scale(x: torch.Tensor, b: torch.Tensor, code: torch.Tensor | None, lim: int, kth: float, cut: int,
               eps: float = 1e-7) -> float | None:
     """Factor that gives the kept delta the whole delta's L1 norm (None when either norm is ~0), as sp.l1_scale."""
     l1 = _kernel("l1")
-    kth_t, cut_t = torch.tensor(kth, dtype=torch.float32), torch.tensor(cut)
+    dev = x.device
+    kth_t, cut_t = torch.tensor(kth, dtype=torch.float32, device=dev), torch.tensor(cut, device=dev)
+    lim_t = torch.tensor(lim, dtype=torch.uint8, device=dev)
     before = after = 0.0
     for s, e in _spans(x.numel()):
-        tb, ta = l1(x[s:e], b[s:e], mask[s:e] if mask is not None else None, kth_t, cut_t, torch.tensor(s))
+        tb, ta = l1(x[s:e], b[s:e], code[s:e] if code is not None else None, lim_t, kth_t, cut_t,
+                    torch.tensor(s, device=dev))
         before += float(tb)
         after += float(ta)
     if before < eps or after < eps:

@@ -1,0 +1,234 @@
+"""Exact trims for many densities at once: the TIES cut (k-th magnitude, last kept tie) and DARE draw codes.
+
+Both answer, for every density of a list, exactly what fused._magnitude_cut and sparsify.bernoulli_mask answer for
+one density, so a merge that looks its trim up here keeps the same entries as one that computes it afresh.
+
+Magnitude cuts use a two-level radix histogram of the float32 bits of |x - b| (non-negative floats order like their
+bit patterns): the top 19 bits locate each k-th value's bin, the low 12 bits of the entries in those bins give the
+exact value and how many entries equal it; only where the cut splits a tie group is the flat index of the last kept
+tie looked for, block by block. Three streaming passes per tensor and source, whatever the number of densities.
+
+DARE codes: an entry is kept at density d when its uniform 32-bit draw u is below T(d) = int(d * 2^32); with the
+sorted thresholds T_0 < T_1 < ... of the densities, code(u) = #{i: T_i <= u} (one byte), so the keep mask of
+density i is `code < i + 1`, the same bits as bernoulli_mask(shape, d, seed) (same PCG64 streams per block).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from merge_core.methods import fused
+from merge_core.methods import sparsify as sp
+
+SPAN = 1 << 24  # flat elements per streamed span: bounds the int32 scratch
+LOW = 12  # low bits of a magnitude resolved by the second histogram
+NHI = 1 << (31 - LOW)  # bins of the first histogram (the sign bit of a magnitude is 0)
+BLOCK = 1 << 16  # granularity at which the position of a tie is counted before it is searched
+
+
+def _spans(n: int) -> list[tuple[int, int]]:
+    return [(i, min(i + SPAN, n)) for i in range(0, n, SPAN)]
+
+
+def _bits(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # the fused kernels' magnitude: float32(x) - float32(b), then abs (exact operations, same bits on any path)
+    return (x.float() - b.float()).abs().view(torch.int32)
+
+
+def _hi_keys(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return _bits(x, b) >> LOW
+
+
+def _low_keys(x: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, dummy: torch.Tensor) -> torch.Tensor:
+    # entries in a target bin: slot * 2^LOW + their low bits; the rest: one dummy key
+    u = _bits(x, b)
+    sl = slot[(u >> LOW).long()]
+    return torch.where(sl >= 0, (sl << LOW) | (u & ((1 << LOW) - 1)), dummy)
+
+
+def _tie_keys(x: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, vals: torch.Tensor, start: torch.Tensor,
+              nvals: torch.Tensor, dummy: torch.Tensor) -> torch.Tensor:
+    # entries equal to a searched value: block * nvals + the value's slot; the rest: one dummy key
+    u = _bits(x, b)
+    sl = slot[(u >> LOW).long()]
+    idx = torch.arange(u.numel(), device=u.device) + start
+    return torch.where(vals[sl.long()] == u, (idx // BLOCK) * nvals + sl, dummy)
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _kernel(fn):  # noqa: ANN001, ANN202
+    """fn compiled once (inductor), or fn itself when compiling fails: the precomputation is exact either way."""
+    name = fn.__name__
+    if name not in _COMPILED:
+        _COMPILED[name] = torch.compile(fn, dynamic=True, fullgraph=True)
+    compiled = _COMPILED[name]
+
+    def call(*args):  # noqa: ANN002, ANN202
+        if fused.mode() == "off" or fused._broken:
+            return fn(*args)
+        try:
+            return compiled(*args)
+        except Exception as e:  # no compiler: say so once, then eager
+            fused.disable(e)
+            return fn(*args)
+
+    return call
+
+
+def _count(keys: torch.Tensor, bins: int) -> torch.Tensor:
+    return torch.bincount(keys.reshape(-1).cpu(), minlength=bins)[:bins]
+
+
+def _top_index(counts: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each rank r (1-based, from the largest): the bin holding it and how many entries lie in higher bins."""
+    at_or_above = counts.flip(0).cumsum(0).flip(0)  # at_or_above[i] = entries in bins >= i
+    where = torch.searchsorted(-at_or_above, -ranks, right=True) - 1
+    above = torch.where(where + 1 < counts.numel(), at_or_above[(where + 1).clamp(max=counts.numel() - 1)], 0)
+    return where, above
+
+
+def magnitude_cuts(x: torch.Tensor, b: torch.Tensor, ks: list[int]) -> tuple[list[float], list[int]]:
+    """For each k (1 <= k < n): (kth, cut) such that |d| > kth, or |d| == kth at flat index <= cut, keeps exactly
+    the k largest |x - b|, ties at the cut to the lowest flat index (cut = n when the whole tie group is kept)."""
+    x, b = x.reshape(-1), b.reshape(-1)
+    n, dev = x.numel(), x.device
+    if not ks:
+        return [], []
+    hist = torch.zeros(NHI, dtype=torch.int64)
+    for s, e in _spans(n):
+        hist += _count(_kernel(_hi_keys)(x[s:e], b[s:e]), NHI)
+    hi, above_hi = _top_index(hist, torch.tensor(ks, dtype=torch.int64))
+    bins = torch.unique(hi)
+    slot = torch.full((NHI,), -1, dtype=torch.int32)
+    slot[bins] = torch.arange(bins.numel(), dtype=torch.int32)
+    nlow = bins.numel() << LOW
+    low = torch.zeros(nlow, dtype=torch.int64)
+    slot_d, dummy = slot.to(dev), torch.tensor(nlow, dtype=torch.int32, device=dev)
+    for s, e in _spans(n):
+        low += _count(_kernel(_low_keys)(x[s:e], b[s:e], slot_d, dummy), nlow)
+    kth, cut, pending = [], [], []
+    for i, (k, h, a) in enumerate(zip(ks, hi.tolist(), above_hi.tolist())):
+        sub = low[int(slot[h]) << LOW:(int(slot[h]) + 1) << LOW]
+        lo_t, a2_t = _top_index(sub, torch.tensor([k - a]))
+        lo, a2 = int(lo_t[0]), int(a2_t[0])
+        bits = (h << LOW) | lo
+        need, equal = k - a - a2, int(sub[lo])
+        kth.append(float(torch.tensor(bits, dtype=torch.int32).view(torch.float32)))
+        cut.append(n)
+        if need < equal:  # the cut splits a tie group: find the flat index of its need-th member
+            pending.append((i, bits, need))
+    if pending:
+        _tie_indices(x, b, pending, cut)
+    return kth, cut
+
+
+def _tie_indices(x: torch.Tensor, b: torch.Tensor, pending: list[tuple[int, int, int]], cut: list[int]) -> None:
+    """cut[i] = flat index of the need-th entry whose magnitude bits equal `bits`, for each (i, bits, need)."""
+    n, dev = x.numel(), x.device
+    while pending:
+        # one value per first-level bin per round (values sharing a bin, rare, wait for the next round)
+        by_bin: dict[int, int] = {}
+        for _, bits, _ in pending:
+            by_bin.setdefault(bits >> LOW, bits)
+        values = sorted(set(by_bin.values()))
+        now = [p for p in pending if p[1] in values]
+        pending = [p for p in pending if p[1] not in values]
+        nv = len(values)
+        vals = torch.tensor(values + [-1], dtype=torch.int32, device=dev)
+        slot = torch.full((NHI,), nv, dtype=torch.int32)
+        slot[torch.tensor([v >> LOW for v in values])] = torch.arange(nv, dtype=torch.int32)
+        slot = slot.to(dev)
+        seen = [0] * nv
+        todo = {v: sorted((need, i) for i, bits, need in now if bits == v) for v in values}
+        for s, e in _spans(n):
+            if not any(todo.values()):
+                break
+            nblocks = -(-(e - s) // BLOCK)
+            dummy = torch.tensor(nblocks * nv, dtype=torch.int64, device=dev)
+            keys = _kernel(_tie_keys)(x[s:e], b[s:e], slot, vals, torch.tensor(0, device=dev),
+                                      torch.tensor(nv, device=dev), dummy)
+            per_block = _count(keys, nblocks * nv).view(nblocks, nv)
+            for j, v in enumerate(values):
+                running = seen[j] + per_block[:, j].cumsum(0)
+                while todo[v] and todo[v][0][0] <= int(running[-1]):
+                    need, i = todo[v].pop(0)
+                    blk = int(torch.searchsorted(running, torch.tensor(need)))
+                    before = int(running[blk - 1]) if blk else seen[j]
+                    lo = s + blk * BLOCK
+                    local = torch.nonzero(_bits(x[lo:lo + BLOCK], b[lo:lo + BLOCK]) == v).reshape(-1)
+                    cut[i] = lo + int(local[need - before - 1])
+                seen[j] = int(running[-1])
+
+
+def thresholds(densities: list[float]) -> list[int]:
+    """bernoulli_mask's uint32 threshold of each density (keep when the draw is below it)."""
+    return [min(max(int(d * 2.0**32), 0), 2**32 - 1) for d in densities]
+
+
+WIDE = 22  # draws are bucketed by their top 32 - WIDE bits; a bucket may hold at most two thresholds
+
+
+def _tables(ts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # code(u) = (thresholds below u's bucket) + (u >= first threshold in it) + (u >= second threshold in it)
+    nb = 1 << (32 - WIDE)
+    base = np.zeros(nb, dtype=np.uint8)
+    first = np.full(nb, 1 << 32, dtype=np.int64)
+    second = np.full(nb, 1 << 32, dtype=np.int64)
+    arr = np.array(ts, dtype=np.int64)
+    for bucket in range(nb):
+        base[bucket] = int(np.count_nonzero(arr < (bucket << WIDE)))
+    for t in ts:
+        bucket = t >> WIDE
+        if first[bucket] == 1 << 32:
+            first[bucket] = t
+        elif second[bucket] == 1 << 32:
+            second[bucket] = t
+        else:
+            raise ValueError(f"more than two DARE thresholds within 2^{WIDE} of each other: {ts}")
+    return base, first, second
+
+
+def _code_block(seed: int, block: int, out: np.ndarray, tables: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, block])))
+    # the same draws as sparsify._mask_block
+    words = rng.integers(0, 2**64 - 1, size=(out.size + 1) // 2, dtype=np.uint64, endpoint=True)
+    u = words.view(np.uint32)[: out.size]
+    bucket = u >> WIDE
+    base, first, second = tables
+    code = base[bucket]
+    code += u >= first[bucket]
+    code += u >= second[bucket]
+    out[:] = code
+
+
+def dare_codes(n: int, seed: int, ts: list[int], out: np.ndarray | None = None) -> np.ndarray:
+    """One byte per entry: how many of the sorted thresholds `ts` (at most 255) its draw is at or above."""
+    if len(ts) > 255 or ts != sorted(set(ts)):
+        raise ValueError("thresholds must be at most 255 distinct values, ascending")
+    out = np.empty(n, dtype=np.uint8) if out is None else out
+    tables = _tables(ts)
+    jobs = [(seed, i // sp.MASK_BLOCK, out[i:i + sp.MASK_BLOCK], tables) for i in range(0, n, sp.MASK_BLOCK)]
+    workers = min(len(jobs), torch.get_num_threads())
+    if workers > 1:  # numpy works without the GIL
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda job: _code_block(*job), jobs))
+    else:
+        for job in jobs:
+            _code_block(*job)
+    return out
+
+
+def near(values: list[float], eps: float = 1e-12) -> list[float]:
+    """Each value and its neighbours a relative eps away: densities that reach a recipe through float arithmetic
+    (an Optuna step, a gradient's interpolation) can sit an ulp off the grid point and floor to a neighbour."""
+    return sorted({v * f for v in values for f in (1 - eps, 1.0, 1 + eps)})
+
+
+def ks_for(n: int, densities: list[float]) -> list[int]:
+    """The kept counts max(1, int(d * n)) of the densities below 1 (distinct, ascending)."""
+    return sorted({max(1, int(d * n)) for d in densities if 0 < d < 1})
