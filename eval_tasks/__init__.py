@@ -1,5 +1,5 @@
 """lm-eval task YAMLs and their local data; PATH is the folder to pass as --include_path."""
 
-from pathlib import Path
+from eval_tasks.loader import PATH
 
-PATH = Path(__file__).resolve().parent
+__all__ = ["PATH"]

@@ -24,7 +24,6 @@ from evolve.errors import UserError
 
 OPTIMIZERS = tuple(schema.OPTIONS["optimizer"])
 PRUNERS = tuple(schema.OPTIONS["pruner"])
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -281,8 +280,11 @@ def validate(cfg: DictConfig, where: str) -> None:
            f"= {cfg.device} must be auto, cpu, cuda or cuda:N")
     _check(0 <= cfg.threads <= MAX_THREADS, where, "threads",
            f"= {cfg.threads} must be in [0, {MAX_THREADS}] (0 = torch's default; more threads than this crash torch)")
+    from merge_core.device import DTYPES  # the one list of dtype names (imports torch: after composition only)
+
+    names = list(DTYPES)
     for key in ("dtype", "out_dtype"):
-        _check(cfg[key] in DTYPES, where, key, f"must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}")
+        _check(cfg[key] in names, where, key, f"must be {', '.join(names[:-1])} or {names[-1]}")
     _check(cfg.genome.layer_group_size >= 1, where, "genome.layer_group_size", "must be >= 1")
     _check_genome(cfg.genome, where)
     models = cfg.models

@@ -16,7 +16,7 @@ from evolve.smollm2 import convert_smollm2, file_sha256, read_manifest
 TASKS = ("arith", "units")
 # Chosen by a GPU sweep on the dev splits (docs/demo_prep.md): arith needs ~12 trainable layers and ~100 steps.
 DEFAULTS = {"steps": 100, "lr": 5e-4, "batch_size": 16, "max_len": 40, "train_layers": 12}
-TASKS_DIR = Path(eval_tasks.__file__).resolve().parent
+TASKS_DIR = eval_tasks.PATH
 
 
 class _TaskLoader(yaml.SafeLoader):

@@ -35,7 +35,9 @@ def _task_files_digest(names: list[str]) -> dict[str, str]:
         if not folder.is_dir():
             continue
         files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-        out[name] = _files_digest((str(f.relative_to(folder)), f) for f in files).hexdigest()
+        named = [(str(f.relative_to(folder)), f) for f in files]
+        named.append(("../loader.py", Path(eval_tasks.PATH) / "loader.py"))  # the task YAMLs' shared data loader
+        out[name] = _files_digest(named).hexdigest()
     return out
 
 

@@ -14,13 +14,14 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import eval_tasks
 from merge_core.errors import UserError
 from merge_core.files import share_tree
 from merge_core.synthetic import LLAMA32_ROPE
 
 # Bump when training or data layout changes, so every cache built by older code is rebuilt.
 FORMAT_VERSION = 1
-TASKS_DIR = Path(__file__).resolve().parent.parent / "eval_tasks"
+TASKS_DIR = eval_tasks.PATH
 # Prepared name -> the eval task whose train split makes that specialist.
 SKILLS = {"succ": "toy_succ", "upper": "toy_upper"}
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|unk|>"]

@@ -48,16 +48,29 @@ def test_there_are_tasks() -> None:
 def test_layout(task: str) -> None:
     """The files and keys of the shared layout (eval_tasks/README.md)."""
     folder = eval_tasks.PATH / task
-    for name in (f"{task}.yaml", f"{task}_test.yaml", "utils.py", "generate.py", "data/dev.jsonl", "data/test.jsonl"):
+    for name in (f"{task}.yaml", f"{task}_test.yaml", "generate.py", "data/dev.jsonl", "data/test.jsonl"):
         assert (folder / name).is_file(), f"{folder / name} is missing"
+    assert not list(folder.glob("*.py")) or sorted(p.name for p in folder.glob("*.py")) in (["generate.py"],
+                                                                                             ["generate.py", "items.py"])
     dev = _yaml(folder / f"{task}.yaml")
     assert dev["task"] == f"{task}_dev" and dev["test_split"] == "dev"
-    assert dev["custom_dataset"] == "!function utils.load"
-    assert "dataset_path" not in dev, "data must come from data/ through utils.load, not a hub download"
+    # one loader for every task (eval_tasks/loader.py), told which folder's data/ to read
+    assert dev["custom_dataset"] == "!function eval_tasks.loader.load" and dev["dataset_kwargs"] == {"eval_task": task}
+    assert "dataset_path" not in dev, "data must come from data/ through loader.load, not a hub download"
     assert dev.get("metric_list"), "the first metric in metric_list is the task's primary metric"
     assert _yaml(folder / f"{task}_test.yaml") == {"include": f"{task}.yaml", "task": f"{task}_test", "test_split": "test"}
-    utils = (folder / "utils.py").read_text()
-    assert "from eval_tasks.loader import jsonl_splits" in utils and "jsonl_splits(__file__)" in utils
+
+
+def test_the_shared_loader_reads_each_tasks_own_data() -> None:
+    """load(eval_task=...) gives the rows of that task's data/ files, whatever lm-eval's metadata adds."""
+    from eval_tasks.loader import load
+
+    for task in TASKS:
+        data = load(eval_task=task, version=1.0)
+        for split in ("train", "dev", "test"):
+            assert (list(data[split]) if split in data else []) == _rows(task, split)
+    with pytest.raises(ValueError, match="no train/dev/test"):
+        load(eval_task="no_such_task")
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -78,3 +91,46 @@ def test_loads_in_lm_eval_with_disjoint_splits(task: str, manager) -> None:
     for a, b in (("dev", "test"), ("train", "dev"), ("train", "test")):
         shared = set(prompts.get(a, ())) & set(prompts.get(b, ()))
         assert not shared, f"{task}: {len(shared)} prompts in both {a} and {b}, e.g. {sorted(shared)[0]!r}"
+
+
+@pytest.mark.slow  # lm-eval's CLI indexes its built-in task YAMLs first (about 20 s of CPU)
+def test_the_stock_lm_eval_cli_runs_a_task_with_the_shared_loader(tiny_models, tmp_path: Path) -> None:
+    """`lm_eval --include_path eval_tasks` from another folder: `!function eval_tasks.loader.load` resolves (the
+    project on PYTHONPATH, as an install puts it), and the score equals the project's evaluator's."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from evolve.evaluate import Evaluator
+
+    model_dir, limit = tiny_models["base"], 16
+    env = dict(os.environ, PYTHONPATH=str(eval_tasks.PATH.parent), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               OMP_NUM_THREADS="1")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32",
+           "--device", "cpu", "--batch_size", "8", "--include_path", str(eval_tasks.PATH), "--tasks", "toy_succ_test",
+           "--limit", str(limit), "--output_path", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["toy_succ_test"]["acc,none"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ev = Evaluator(model, AutoTokenizer.from_pretrained(model_dir), ["toy_succ"], split="test", allow_test=True,
+                   limit=limit, batch_size=8, device="cpu")
+    assert ev.evaluate().scores["toy_succ_test"] == pytest.approx(cli, abs=1e-12)
+
+
+def test_score_cache_keys_cover_the_shared_loader(tmp_path: Path, monkeypatch) -> None:
+    """The loader is part of every task (its data comes through it): a changed loader means new cached scores."""
+    import shutil
+
+    from evolve import score_cache
+
+    shutil.copytree(eval_tasks.PATH / "toy_succ", tmp_path / "toy_succ")
+    shutil.copy(eval_tasks.PATH / "loader.py", tmp_path / "loader.py")
+    monkeypatch.setattr(eval_tasks, "PATH", tmp_path)
+    before = score_cache._task_files_digest(["toy_succ"])
+    (tmp_path / "loader.py").write_text((tmp_path / "loader.py").read_text() + "\n# changed\n")
+    assert score_cache._task_files_digest(["toy_succ"]) != before

@@ -38,6 +38,8 @@ def test_overrides_and_groups_compose(cfg_path):
     ("tasks.test_limit=0", "tasks.test_limit"),
     ("device=tpu", "device"),
     ("threads=-1", "threads"),
+    ("dtype=int8", "dtype must be float32, bfloat16 or float16"),
+    ("out_dtype=float64", "out_dtype must be float32, bfloat16 or float16"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cfg_path, tmp_path, capsys, override, needle):
     out = tmp_path / "run"
