@@ -7,6 +7,8 @@ Both work on token ids and a Hugging Face causal LM; lm-eval's request semantics
 - `greedy_generate`: left-padded prefill with attention mask and position ids as `generate` builds them, then one
   token per step; a row leaves the batch (and its cache) as soon as it is finished.
 Batches are formed from length-sorted inputs so rows in one batch need little padding.
+A model whose decoder layers do not own one cache slot each (a layer path that repeats one module, merge_core.path)
+would mix the repeats' keys in a cache, so for it both run without one (`cache_slots_unique` false): full sequences.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def cache_slots_unique(model: torch.nn.Module) -> bool:
+    """Whether every decoder layer has its own key/value cache slot (0..n-1, each once), so a cache is exact."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        return True
+    slots = [getattr(getattr(layer, "self_attn", None), "layer_idx", None) for layer in layers]
+    return sorted(s for s in slots if s is not None) == list(range(len(layers)))
+
+
 def score_continuations(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, Tokens]], batch_size: int,
                         pad_id: int) -> list[tuple[float, bool]]:
     """(sum of log p(continuation | prompt), whether greedy decoding gives the continuation) for each (prompt, cont).
@@ -40,6 +51,14 @@ def score_continuations(model: torch.nn.Module, pairs: Sequence[tuple[Tokens, To
         by_prompt.setdefault(tuple(prompt), {}).setdefault(tuple(cont), []).append(i)
     prompts = sorted(by_prompt, key=lambda p: (-len(p), p))  # longest first: an out-of-memory shows at once
     out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+    if not cache_slots_unique(model):
+        keys = sorted({(p, c) for p in by_prompt for c in by_prompt[p]}, key=lambda k: -len(k[0]) - len(k[1]))
+        for a in range(0, len(keys), batch_size):
+            chunk = keys[a : a + batch_size]
+            for (p, c), result in zip(chunk, _score_whole(model, chunk, pad_id), strict=True):
+                for i in by_prompt[p][c]:
+                    out[i] = result
+        return out
     for a in range(0, len(prompts), batch_size):
         chunk = prompts[a : a + batch_size]
         conts = [(b, cont) for b, p in enumerate(chunk) for cont in by_prompt[p]]
@@ -79,6 +98,24 @@ def _score_chunk(model: torch.nn.Module, prompts: list[tuple[int, ...]], conts: 
             values, greedy = torch.cat([values, tail]), greedy and tail_greedy
         results.append((float(values.sum()), greedy))
     return results
+
+
+def _score_whole(model: torch.nn.Module, pairs: list[tuple[tuple[int, ...], tuple[int, ...]]],
+                 pad_id: int) -> list[tuple[float, bool]]:
+    """(prompt, cont) pairs as whole right-padded sequences, no cache (HFLM's computation, for cache-unsafe models)."""
+    dev = _device(model)
+    width = max(len(p) + len(c) for p, c in pairs) - 1
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    for r, (p, c) in enumerate(pairs):
+        ids[r, : len(p) + len(c) - 1] = torch.tensor((p + c)[:-1])
+    with torch.no_grad():
+        logp = F.log_softmax(model(ids.to(dev), use_cache=False).logits, dim=-1)
+    out = []
+    for r, (p, c) in enumerate(pairs):
+        rows = logp[r, len(p) - 1 : len(p) + len(c) - 1]
+        target = torch.tensor(c, device=dev)
+        out.append((float(rows.gather(-1, target[:, None]).sum()), bool((rows.argmax(-1) == target).all())))
+    return out
 
 
 def _continue(model: torch.nn.Module, layers: list[tuple[torch.Tensor, torch.Tensor]], lens: torch.Tensor, width: int,
@@ -126,6 +163,8 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Tokens], *, max_ne
         mask[b, width - len(p) :] = 1
     ids, mask = ids.to(dev), mask.to(dev)
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate() derives them from the mask
+    if not cache_slots_unique(model):
+        return _greedy_uncached(model, ids, mask, positions, max_new_tokens, eos_ids, finished)
     cache = DynamicCache(config=model.config)
     generated: list[list[int]] = [[] for _ in prompts]
     rows = list(range(len(prompts)))
@@ -151,4 +190,28 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Tokens], *, max_ne
             logits = model(tokens[:, None], attention_mask=mask, position_ids=next_pos[:, None], cache=cache,
                            use_cache=True).logits[:, -1]
             next_pos = next_pos + 1
+    return generated
+
+
+def _greedy_uncached(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                     max_new_tokens: int, eos_ids: set[int], finished: Callable[[int, list[int]], bool]) -> list[list[int]]:
+    """greedy_generate without a cache: the whole sequence runs again at every step (cache-unsafe models)."""
+    generated: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    rows = list(range(ids.shape[0]))
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1).logits
+            tokens = logits[:, -1].argmax(dim=-1)
+            keep = []
+            for r, (row, tok) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+                generated[row].append(tok)
+                if tok not in eos_ids and len(generated[row]) < max_new_tokens and not finished(row, generated[row]):
+                    keep.append(r)
+            if not keep:
+                break
+            select = torch.tensor(keep, device=ids.device)
+            rows = [rows[r] for r in keep]
+            ids = torch.cat([ids[select], tokens[select, None]], dim=1)
+            mask = torch.cat([mask[select], mask.new_ones((len(rows), 1))], dim=1)
+            positions = torch.cat([positions[select], positions[select, -1:] + 1], dim=1)
     return generated

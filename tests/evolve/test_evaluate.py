@@ -271,3 +271,28 @@ def test_rolling_loglikelihood_equals_hflm(saved: Path) -> None:
     ours = EvalLM(model, tok, batch_size=2, max_length=16).loglikelihood_rolling(reqs)
     theirs = _hflm(model, tok, 2, max_length=16).loglikelihood_rolling(reqs, disable_tqdm=True)
     assert ours == pytest.approx(theirs, rel=REL)
+
+
+def test_a_layer_path_repeating_one_module_scores_as_its_export(saved: Path) -> None:
+    """A live layer path that reuses one decoder module twice (merge_core.path) scores as the exported model would.
+
+    The repeats share one cache slot, so a key/value cache would mix their keys; the exported model has two layers.
+    """
+    import copy
+
+    from evolve.lm import EvalLM
+
+    model, tok = _load(saved)
+    first, second = model.model.layers
+    exported = copy.deepcopy(model)
+    model.model.layers = torch.nn.ModuleList([first, second, second])  # one module at two positions
+    twin = copy.deepcopy(second)
+    twin.self_attn.layer_idx = 2
+    exported.model.layers = torch.nn.ModuleList([exported.model.layers[0], exported.model.layers[1], twin])
+    for m in (model, exported):
+        m.config.num_hidden_layers = 3
+    lls = _requests("loglikelihood", [("Question: sky?\nAnswer:", " blue"), ("Question: sky?\nAnswer:", " green")])
+    gens = _requests("generate_until", [(p, {"until": ["\n"], "max_gen_toks": 6}) for p in ["abc", "hello"]])
+    ours, theirs = EvalLM(model, tok, batch_size=2), EvalLM(exported, tok, batch_size=2)
+    assert [x for x, _ in ours.loglikelihood(lls)] == pytest.approx([x for x, _ in theirs.loglikelihood(lls)], rel=REL)
+    assert ours.generate_until(gens) == theirs.generate_until(gens)
