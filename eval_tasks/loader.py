@@ -1,8 +1,9 @@
 """The one data loader of every task here: `custom_dataset: !function eval_tasks.loader.load` in `<task>/<task>.yaml`.
 
+It reads `data/*.jsonl` beside the task's YAML (a copied task folder reads its own data), never from the CWD.
 lm-eval looks for `eval_tasks/loader.py` beside the YAML first, then imports the `eval_tasks` package: the stock
 `lm_eval --include_path eval_tasks` finds it when the project is installed (`pip install -e .`) or its root is on
-PYTHONPATH, from any working directory; the data is read from this file's folder, never the CWD.
+PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from typing import Any
 PATH = Path(__file__).resolve().parent  # eval_tasks/: computed here only (eval_tasks.PATH is this)
 
 
-def load(eval_task: str, **kwargs: Any) -> Any:
-    """lm-eval's custom_dataset hook: `<eval_task>/data/*.jsonl` beside this file (the YAML's `dataset_kwargs` name
-    the task; lm-eval's metadata kwargs, such as `version`, are ignored)."""
-    return jsonl_splits(PATH / eval_task)
+def load(config_source: str | None = None, **kwargs: Any) -> Any:
+    """lm-eval's custom_dataset hook: the task's splits from `data/` beside its YAML. lm-eval (0.4.13, checked)
+    calls it with the task's metadata, whose `config_source` is the path of the YAML that defines the task; the
+    other metadata (`version`, `--metadata` from the CLI) is ignored."""
+    if not config_source or config_source == "inline":
+        raise ValueError("eval_tasks.loader.load: lm-eval passed no config_source (the task YAML's path); "
+                         "use lm-eval 0.4.13, whose task metadata carries it")
+    return jsonl_splits(Path(config_source).resolve().parent)
 
 
 def jsonl_splits(task_dir: Path, splits: tuple[str, ...] = ("train", "dev", "test")) -> Any:
@@ -35,5 +40,5 @@ def jsonl_splits(task_dir: Path, splits: tuple[str, ...] = ("train", "dev", "tes
             raise ValueError(f"{path}: empty data file; regenerate it with {data_dir.parent / 'generate.py'}")
         out[split] = datasets.Dataset.from_list(rows)
     if not out:
-        raise ValueError(f"{data_dir}: no train/dev/test .jsonl files; is eval_task {Path(task_dir).name!r} a folder here?")
+        raise ValueError(f"{data_dir}: no train/dev/test .jsonl files beside the task's YAML")
     return datasets.DatasetDict(out)

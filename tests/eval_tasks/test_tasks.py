@@ -55,22 +55,28 @@ def test_layout(task: str) -> None:
     dev = _yaml(folder / f"{task}.yaml")
     assert dev["task"] == f"{task}_dev" and dev["test_split"] == "dev"
     # one loader for every task (eval_tasks/loader.py), told which folder's data/ to read
-    assert dev["custom_dataset"] == "!function eval_tasks.loader.load" and dev["dataset_kwargs"] == {"eval_task": task}
+    assert dev["custom_dataset"] == "!function eval_tasks.loader.load"
     assert "dataset_path" not in dev, "data must come from data/ through loader.load, not a hub download"
     assert dev.get("metric_list"), "the first metric in metric_list is the task's primary metric"
     assert _yaml(folder / f"{task}_test.yaml") == {"include": f"{task}.yaml", "task": f"{task}_test", "test_split": "test"}
 
 
-def test_the_shared_loader_reads_each_tasks_own_data() -> None:
-    """load(eval_task=...) gives the rows of that task's data/ files, whatever lm-eval's metadata adds."""
+def test_the_shared_loader_reads_the_data_beside_the_tasks_yaml(tmp_path: Path) -> None:
+    """load() gives the rows of data/ beside the YAML lm-eval names in config_source (a copy reads its own data)."""
+    import shutil
+
     from eval_tasks.loader import load
 
     for task in TASKS:
-        data = load(eval_task=task, version=1.0)
+        data = load(config_source=str(eval_tasks.PATH / task / f"{task}_test.yaml"), version=1.0)
         for split in ("train", "dev", "test"):
             assert (list(data[split]) if split in data else []) == _rows(task, split)
-    with pytest.raises(ValueError, match="no train/dev/test"):
-        load(eval_task="no_such_task")
+    copy = tmp_path / "mine"
+    shutil.copytree(eval_tasks.PATH / "toy_succ", copy)
+    (copy / "data" / "dev.jsonl").write_text((copy / "data" / "dev.jsonl").read_text().splitlines()[0] + "\n")
+    assert len(load(config_source=str(copy / "toy_succ.yaml"))["dev"]) == 1
+    with pytest.raises(ValueError, match="config_source"):
+        load(version=1.0)
 
 
 @pytest.mark.parametrize("task", TASKS)
