@@ -58,7 +58,7 @@ def toy_models(out: Path) -> list[Path]:
 def demo_models() -> list[Path]:
     """base, arith, units: the demo's prepared models (the CLI's preparer runs once if they are missing)."""
     from evolve.config import load_config
-    from evolve.search import resolve_models
+    from evolve.models import resolve_models
 
     base, sources = resolve_models(load_config(["conf=demo", "progress=false"])[0], progress=False)
     return [Path(base), *map(Path, sources)]
@@ -117,15 +117,14 @@ class HeldOut:
     """Test-split objective of a parameter point: merged into one live model, scored once, cached on disk."""
 
     def __init__(self, out: Path, conf: str, models: list[Path], threads: int) -> None:
-        """Build the conf's world (live model, dev Evaluator) and the test-split Evaluator."""
+        """Build the conf's context (live model, dev Evaluator) and the test-split Evaluator."""
         from evolve.config import load_config
-        from evolve.export import test_evaluator
-        from evolve.search import build_world
+        from evolve.context import build_context
 
         self.cfg = load_config([f"conf={conf}", f"out_dir={out / 'heldout'}", f"threads={threads}", "device=cpu",
                                 "progress=false", *model_overrides(models)])[0]
-        self.world = build_world(self.cfg)
-        self.test = test_evaluator(self.world)
+        self.world = build_context(self.cfg)
+        self.test = self.world.test_evaluator()
         self.path = out / "heldout.json"
         self.cache = json.loads(self.path.read_text()) if self.path.is_file() else {}
         self.evaluated = 0
@@ -134,14 +133,12 @@ class HeldOut:
         """Weighted test objective (the dev objective's weights) of the recipe at `params`."""
         from merge_core.live import merge_into
 
-        from evolve.search import task_score, task_weights, trial_recipe
+        from evolve.objective import combined
 
         key = json.dumps(params, sort_keys=True)
         if key not in self.cache:
-            merge_into(self.world.model, trial_recipe(self.world, params, None), self.world.sources)
-            scores = self.test.evaluate().scores
-            names = list(self.cfg.tasks.names)
-            self.cache[key] = sum(w * task_score(scores, t, "test") for w, t in zip(task_weights(self.cfg), names))
+            merge_into(self.world.model, self.world.recipe(params, None), self.world.sources)
+            self.cache[key] = combined(self.test.evaluate().scores, self.cfg, "test")
             self.evaluated += 1
             tmp = self.path.with_suffix(".part")
             tmp.write_text(json.dumps(self.cache))

@@ -3,7 +3,7 @@
     python bench/bench_trial.py [--setting tiny|smollm2] [--trials 13] [--naive-trials 3] [--threads 1] [--limit N]
 
 Fast loop: `evolve.search.optimize` itself, timed from outside: `merge_core.live.merge_into`, the live model's
-forward (pre/post forward hooks), the Evaluator's request handling (`Evaluator._run` minus forward), `trial_recipe`
+forward (pre/post forward hooks), the Evaluator's request handling (`Evaluator._run` minus forward), `Context.recipe`
 and every Optuna call the loop makes (ask, tell, suggest, report, should_prune, set_user_attr, budget, sampler,
 heartbeat) are wrapped with timers; "rest" is the loop time none of them covers.
 Naive loop: the first complete trials' parameters replayed the way a script without a live model would run them:
@@ -197,18 +197,20 @@ def fast_loop(cfg) -> tuple[list[dict], object, object]:
 
     import evolve.search as search
     import merge_core.live as live
+    from evolve.context import build_context
+    from evolve.pipeline import start_study
 
-    world = search.build_world(cfg)
-    study = search.start_study(cfg, world.genome)
+    world = build_context(cfg)
+    study = start_study(cfg, world.genome)
     timers, rows = Timers(), []
     with contextlib.ExitStack() as stack:
         for obj, name, key in [
-            (live, "merge_into", "merge"), (search, "trial_recipe", "recipe"), (world.evaluator, "_run", "eval"),
+            (live, "merge_into", "merge"), (world, "recipe", "recipe"), (world.evaluator, "_run", "eval"),
             (study, "ask", "ask"), (study, "tell", "tell"), (world.genome, "suggest", "suggest"),
             (optuna.trial.Trial, "report", "report"), (optuna.trial.Trial, "should_prune", "should_prune"),
             (optuna.trial.Trial, "set_user_attr", "set_user_attr"), (search, "budget_state", "budget"),
-            (search, "make_sampler", "sampler"), (search._Heartbeat, "beat_once", "heartbeat"),
-            (search._Heartbeat, "__enter__", "heartbeat"), (search._Heartbeat, "__exit__", "heartbeat"),
+            (search, "make_sampler", "sampler"), (search.Heartbeat, "beat_once", "heartbeat"),
+            (search.Heartbeat, "__enter__", "heartbeat"), (search.Heartbeat, "__exit__", "heartbeat"),
         ]:
             stack.enter_context(wrapped(obj, name, timers, key))
         stack.enter_context(forward_timer(world.model, timers))
@@ -234,7 +236,8 @@ def naive_loop(cfg, world, trials: list) -> list[dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import eval_tasks
-    from evolve.search import make_sampler, objective_values, trial_recipe
+    from evolve.objective import objective_values
+    from evolve.study import make_sampler
     from merge_core.writer import write_model
 
     tmp = Path(tempfile.mkdtemp(prefix="naive-", dir=cfg.out_dir))
@@ -251,7 +254,7 @@ def naive_loop(cfg, world, trials: list) -> list[dict]:
             trial = study.ask()
             params = world.genome.suggest(trial)
         with timers.time("recipe"):
-            recipe = trial_recipe(world, params, trial.number)
+            recipe = world.recipe(params, trial.number)
         out = tmp / "candidate"
         with timers.time("write"):
             write_model(recipe, world.sources, out, dtype=cfg.dtype, device="cpu", progress=False)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
 
 import optuna
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
+from evolve import score_cache
+from evolve.context import Context, EvaluatorFactory, ensure_context
 from evolve.errors import UserError
+from evolve.objective import rank_value
 from merge_core.files import exclusive_lock
 
 
@@ -22,7 +24,7 @@ def pick_trial(study: optuna.Study, which: str | int) -> FrozenTrial:
     if which == "best":
         if len(study.directions) == 1:
             return study.best_trial
-        return max(study.best_trials, key=lambda t: sum(t.values) / len(t.values))
+        return max(study.best_trials, key=lambda t: rank_value(t.values))
     try:
         number = int(which)
     except (TypeError, ValueError):
@@ -32,51 +34,6 @@ def pick_trial(study: optuna.Study, which: str | int) -> FrozenTrial:
             return t
     numbers = [t.number for t in (study.best_trials if len(study.directions) > 1 else complete)]
     raise UserError(f"trial: #{number} is not a complete trial of {study.study_name!r}; choose one of {numbers[:20]}")
-
-
-def ensure_world(cfg: DictConfig, world: Any = None, evaluator_factory: Any = None) -> Any:
-    """The search's world (models, live model, dev evaluator), built if the caller has none."""
-    if world is not None:
-        return world
-    from evolve.search import build_world
-
-    return build_world(cfg, evaluator_factory)
-
-
-def test_evaluator(world: Any) -> Any:
-    """A held-out (test split) Evaluator on the live model, built once per world."""
-    ev = getattr(world, "test_evaluator", None)
-    if ev is None:
-        from evolve.search import eval_options
-
-        factory = type(world.evaluator)
-        t = world.cfg.tasks
-        ev = factory(world.model, world.tokenizer, list(t.names), split="test", batch_size=t.batch_size,
-                     device=world.cfg.device, limit=t.test_limit, subset_seed=None, stages=[1.0], allow_test=True,
-                     **eval_options(world.cfg))
-        world.test_evaluator = ev
-    return ev
-
-
-def dev_test_scores(world: Any, recipe: Any) -> dict[str, float]:
-    """Merge `recipe` into the live model and score it on every dev document and the held-out test (score keys)."""
-    from merge_core.live import merge_into
-
-    from evolve.select import full_dev_evaluator
-
-    merge_into(world.model, recipe, world.sources)
-    scores = dict(full_dev_evaluator(world).evaluate().scores)
-    scores.update(test_evaluator(world).evaluate().scores)
-    return {k: float(v) for k, v in scores.items()}
-
-
-def score_metrics(world: Any) -> dict[str, str]:
-    """Score key -> the primary metric it holds, for the dev and test evaluators of a world."""
-    from evolve.select import full_dev_evaluator
-
-    metrics = dict(getattr(full_dev_evaluator(world), "metrics", {}) or {})
-    metrics.update(getattr(test_evaluator(world), "metrics", {}) or {})
-    return metrics
 
 
 def _card(cfg: DictConfig, trial: FrozenTrial, scores: dict[str, float], metrics: dict[str, str],
@@ -97,14 +54,14 @@ def _card(cfg: DictConfig, trial: FrozenTrial, scores: dict[str, float], metrics
 
 
 def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best", out: str | Path | None = None,
-                 world: Any = None, evaluator_factory: Any = None) -> Path:
+                 ctx: Context | None = None, evaluator_factory: EvaluatorFactory | None = None) -> Path:
     """Write a trial's recipe.yaml and model folder to `out` (default <out_dir>/best); returns `out`."""
     from merge_core.overlap import refuse_overlap
     from merge_core.recipe import save_recipe
     from merge_core.writer import check_out_dir, write_model
 
+    from evolve.models import resolve_models
     from evolve.outputs import run_inputs
-    from evolve.search import resolve_models, trial_recipe
 
     trial = pick_trial(study, which)  # a bad trial=N, or no complete trial, fails before anything is written
     out = Path(out) if out is not None else Path(cfg.out_dir) / "best"
@@ -116,20 +73,17 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
     if which == "best":
         from evolve.select import best_trial
 
-        trial, world = best_trial(cfg, study, world, evaluator_factory)  # the top trials re-scored on all dev docs
-    world = ensure_world(cfg, world, evaluator_factory)
-    cache_key = f"scores:trial{trial.number}"
-    scores = study.user_attrs.get(cache_key)
-    if scores is None:
-        scores = dev_test_scores(world, trial_recipe(world, trial.params, trial.number))
-        study.set_user_attr(cache_key, scores)
-    recipe = trial_recipe(world, trial.params, trial.number, scores={k: round(v, 6) for k, v in scores.items()})
+        trial, ctx = best_trial(cfg, study, ctx, evaluator_factory)  # the top trials re-scored on all dev docs
+    ctx = ensure_context(cfg, ctx, evaluator_factory)
+    scores = score_cache.in_study(study, score_cache.trial_key(trial.number),
+                                  lambda: ctx.dev_test_scores(ctx.recipe(trial.params, trial.number)))
+    recipe = ctx.recipe(trial.params, trial.number, scores={k: round(v, 6) for k, v in scores.items()})
     # one export at a time per folder: two at once (workers finishing together, a user's export beside a search)
     # would otherwise pair one trial's recipe.yaml with another's model
     with _export_lock(out):
         (out / "recipe.yaml").unlink(missing_ok=True)  # from here until the end the pair is known unfinished
-        write_model(recipe, world.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
-                    card_extra=_card(cfg, trial, scores, score_metrics(world), study.user_attrs.get("selection")))
+        write_model(recipe, ctx.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
+                    card_extra=_card(cfg, trial, scores, ctx.score_metrics(), study.user_attrs.get("selection")))
         # the recipe last: a recipe.yaml beside a model means that model was finished (both rewritten by a rerun)
         save_recipe(recipe, out / "recipe.yaml")
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -14,25 +13,26 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from merge_core.writer import atomic_write_text, remove_stale_temps, temp_tag
+from evolve import score_cache
 from evolve.config import compose_method
-from evolve.export import dev_test_scores, ensure_world, test_evaluator
-from evolve.select import best_trial, full_dev_evaluator
+from evolve.context import Context, EvaluatorFactory, eval_options, ensure_context, plan_genome
+from evolve.objective import combined
+from evolve.select import best_trial
 
 BASELINES = ("task_arithmetic", "ties", "dare_ties")  # untuned merges every report compares against
 REPORT_ROWS_VERSION = 3  # bump when the set of rows (or how they are scored) changes, so cached reports redo them
 SPLITS_ATTR = "splits"
 
 
-def _rows_to_score(cfg: DictConfig, best: Any, world: Any) -> list[tuple[str, str, Any]]:
+def _rows_to_score(cfg: DictConfig, best: Any, ctx: Context) -> list[tuple[str, str, Any]]:
     """(name, kind, recipe) for the evolved best, every source, and the untuned baselines."""
     from merge_core.recipe import parse_recipe
 
     from evolve.genome import declare
-    from evolve.search import trial_recipe
 
-    rows = [(f"evolved (trial {best.number})", "evolved", trial_recipe(world, best.params, best.number))]
-    g = world.genome
-    base = world.sources.base_id
+    rows = [(f"evolved (trial {best.number})", "evolved", ctx.recipe(best.params, best.number))]
+    g = ctx.genome
+    base = ctx.sources.base_id
     # the base model first (when it is not itself a source), then every source, each alone
     for src in ([base] if base and base not in g.sources else []) + list(g.sources):
         # a one-model linear merge reproduces the source exactly (weight 1, normalized)
@@ -44,29 +44,17 @@ def _rows_to_score(cfg: DictConfig, best: Any, world: Any) -> list[tuple[str, st
         rows.append(("PS stage best", "baseline", parse_recipe(data, where=f"stack {extra}")))
     for name in BASELINES:
         method = compose_method(name)  # conf/method/<name>.yaml through Hydra and the schema, as a search reads it
-        bg = declare(method, {**world.cfg.genome, "kind": "ps"}, n_layers=g.n_layers, base=base, sources=g.sources,
+        bg = declare(method, {**ctx.cfg.genome, "kind": "ps"}, n_layers=g.n_layers, base=base, sources=g.sources,
                      tokenizer_source=cfg.models.get("tokenizer_source"))
         data = bg.recipe_dict(bg.baselines()[0], {"seed": int(cfg.seed)}, dtype="float32")
         rows.append((f"{name} (untuned)", "baseline", parse_recipe(data, where=f"baseline {name}")))
     return rows
 
 
-def _key(recipe: Any, cfg: DictConfig) -> str:
-    from merge_core.recipe import recipe_to_dict
-
-    data = recipe_to_dict(recipe)
-    data.pop("evolve_merge", None)
-    t = cfg.tasks
-    split = {k: t.split[k] for k in ("dev_size", "dev_fraction", "seed")}
-    text = json.dumps([data, recipe.seed, list(t.names), [str(p) for p in t.include_path], split], sort_keys=True,
-                      default=str)
-    return "scores:" + hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None,
-                 evaluator_factory: Any = None) -> list[dict[str, Any]]:
+def collect_rows(cfg: DictConfig, study: optuna.Study, ctx: Context | None = None,
+                 evaluator_factory: EvaluatorFactory | None = None) -> list[dict[str, Any]]:
     """Score every row on dev and test (cached in the study's user attrs, so a redraw recomputes nothing)."""
-    best, world = best_trial(cfg, study, world, evaluator_factory)
+    best, ctx = best_trial(cfg, study, ctx, evaluator_factory)
     attrs = study.user_attrs
     keys = attrs.get("report_keys")
     fresh = (attrs.get("report_best") == best.number and attrs.get("report_rows_version") == REPORT_ROWS_VERSION
@@ -74,20 +62,22 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None,
     if not fresh:
         from tqdm.auto import tqdm
 
-        world = ensure_world(cfg, world, evaluator_factory)
+        ctx = ensure_context(cfg, ctx, evaluator_factory)
         keys, names = [], []
-        rows = _rows_to_score(cfg, best, world)
+        rows = _rows_to_score(cfg, best, ctx)
         bar = tqdm(rows, desc="report rows (dev + test)", unit="row", disable=not cfg.progress, leave=False)
         for name, kind, recipe in bar:
             bar.set_postfix_str(name)
             # the evolved row shares its cache entry with export
-            key = f"scores:trial{best.number}" if kind == "evolved" else _key(recipe, cfg)
-            if key not in attrs:
-                study.set_user_attr(key, _fixed_scores(cfg, world, recipe, name) if kind != "evolved"
-                                    else dev_test_scores(world, recipe))
+            if kind == "evolved":
+                key = score_cache.trial_key(best.number)
+                score_cache.in_study(study, key, lambda: ctx.dev_test_scores(recipe))
+            else:
+                key = score_cache.recipe_key(recipe, cfg)
+                score_cache.in_study(study, key, lambda: _fixed_scores(cfg, ctx, recipe, name))
             keys.append(key)
             names.append([name, kind])
-        study.set_user_attr(SPLITS_ATTR, task_splits(cfg, world))
+        study.set_user_attr(SPLITS_ATTR, task_splits(cfg, ctx))
         study.set_user_attr("report_keys", keys)
         study.set_user_attr("report_names", names)
         study.set_user_attr("report_best", best.number)
@@ -96,32 +86,26 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, world: Any = None,
     return [{"name": n, "kind": k, "scores": attrs[key]} for (n, k), key in zip(attrs["report_names"], keys)]
 
 
-def _fixed_scores(cfg: DictConfig, world: Any, recipe: Any, name: str) -> dict[str, float]:
+def _fixed_scores(cfg: DictConfig, ctx: Context, recipe: Any, name: str) -> dict[str, float]:
     """Scores of a row that does not depend on the search, from the cross-study cache when it has them."""
-    from evolve import score_cache
     from evolve.evaluate import pick_device
 
     if not cfg.score_cache:
-        return dev_test_scores(world, recipe)
-    folder = Path(cfg.models.cache_dir) / "scores"
-    hashes = {m: world.sources.models[m].sha256() for m in recipe.model_ids()}
-    kind = type(world.evaluator)
-    key = score_cache.score_key(recipe, hashes, cfg, pick_device(str(cfg.device)), world.sources.tokenizer_path,
-                                f"{kind.__module__}:{kind.__qualname__}")
-    scores = score_cache.load(folder, key)
-    if scores is None:
-        scores = dev_test_scores(world, recipe)
-        score_cache.store(folder, key, scores, name)
-    return scores
+        return ctx.dev_test_scores(recipe)
+    hashes = {m: ctx.sources.models[m].sha256() for m in recipe.model_ids()}
+    key = score_cache.score_key(recipe, hashes, cfg, pick_device(str(cfg.device)), ctx.sources.tokenizer_path,
+                                ctx.evaluator_name)
+    return score_cache.across_studies(Path(cfg.models.cache_dir) / "scores", key, lambda: ctx.dev_test_scores(recipe),
+                                      name)
 
 
 SAMPLES_FILE = "samples_test.json"
 
 
-def task_splits(cfg: DictConfig, world: Any) -> dict[str, dict[str, Any]]:
+def task_splits(cfg: DictConfig, ctx: Context) -> dict[str, dict[str, Any]]:
     """splits.json: every task of the study -> its lm-eval task(s) and the dev and test doc ids."""
-    dev = getattr(full_dev_evaluator(world), "splits", None)
-    test = getattr(test_evaluator(world), "splits", None)
+    dev = getattr(ctx.full_dev_evaluator(), "splits", None)
+    test = getattr(ctx.test_evaluator(), "splits", None)
     out: dict[str, dict[str, Any]] = {}
     if not dev or not test:  # an evaluator without lm-eval tasks (tests' stand-ins): nothing to record
         return out
@@ -140,7 +124,6 @@ def task_splits(cfg: DictConfig, world: Any) -> dict[str, dict[str, Any]]:
 
 def heldout_text(cfg: DictConfig, splits: dict[str, dict[str, Any]], report_dir: Path) -> str:
     """What the held-out table holds, per task, and the stock lm-eval command that reproduces it."""
-    from evolve.search import eval_options
     from evolve.tasks import task_folder
 
     if not splits:
@@ -193,14 +176,6 @@ def selection_text(selection: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def combined(scores: dict[str, float], cfg: DictConfig, split: str) -> float:
-    """Weighted mean of the tasks' scores on one split (the single objective's weights)."""
-    from evolve.search import task_score, task_weights
-
-    vals = [task_score(scores, t, split) for t in cfg.tasks.names]
-    return sum(w * v for w, v in zip(task_weights(cfg), vals))
-
-
 def markdown(rows: list[dict[str, Any]], cfg: DictConfig) -> str:
     """Two tables (dev, held-out test), one column per lm-eval task plus the combined score."""
     parts = []
@@ -220,7 +195,7 @@ def markdown(rows: list[dict[str, Any]], cfg: DictConfig) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[Path]:
+def plots(cfg: DictConfig, study: optuna.Study, genome: Any, out: Path) -> list[Path]:
     """Optimization history, the best recipe's per-layer values as a heat map, and the Pareto front."""
     import matplotlib
 
@@ -252,12 +227,12 @@ def plots(cfg: DictConfig, study: optuna.Study, world: Any, out: Path) -> list[P
     written.append(_save(fig, out / "history.png"))
 
     best = next(t for t in study.get_trials(deepcopy=False) if t.number == study.user_attrs["selection"]["pick"])
-    if getattr(world.genome, "kind", "ps") != "ps":  # a layer path: which model and layer each position takes
+    if getattr(genome, "kind", "ps") != "ps":  # a layer path: which model and layer each position takes
         from evolve.path_plot import path_figure
 
-        written.append(_save(path_figure(world.genome, best.params, f"best path (trial {best.number})"), out / "path.png"))
+        written.append(_save(path_figure(genome, best.params, f"best path (trial {best.number})"), out / "path.png"))
         return written + _pareto(cfg, study, done, out) if multi else written
-    written.append(_save(heatmap(world.genome, best.params, f"best recipe (trial {best.number})"),
+    written.append(_save(heatmap(genome, best.params, f"best recipe (trial {best.number})"),
                          out / "recipe_heatmap.png"))
     return written + _pareto(cfg, study, done, out) if multi else written
 
@@ -324,14 +299,15 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None, evaluator_factory: Any = None) -> str:
+def make_report(cfg: DictConfig, study: optuna.Study, ctx: Context | None = None,
+                evaluator_factory: EvaluatorFactory | None = None) -> str:
     """Write report/ (results.json, results.md, plots); returns the markdown tables."""
     out = Path(cfg.out_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     for name in ("results.json", "results.md", "splits.json", SAMPLES_FILE, "history.png", "recipe_heatmap.png",
                  "path.png", "pareto.png"):
         remove_stale_temps(out, name)  # left by a run killed mid-write
-    rows = collect_rows(cfg, study, world, evaluator_factory)
+    rows = collect_rows(cfg, study, ctx, evaluator_factory)
     splits = study.user_attrs[SPLITS_ATTR]
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(out / "splits.json", json.dumps(splits) + "\n")
@@ -342,30 +318,5 @@ def make_report(cfg: DictConfig, study: optuna.Study, world: Any = None, evaluat
     table += "\n" + heldout_text(cfg, splits, out)
     table += "\n" + selection_text(study.user_attrs["selection"])
     atomic_write_text(out / "results.md", f"# {cfg.study_name}: results\n\n{table}")
-    if world is None:
-        world = _light_world(cfg, study)
-    plots(cfg, study, world, out)
+    plots(cfg, study, ctx.genome if ctx is not None else plan_genome(cfg), out)
     return table
-
-
-def _light_world(cfg: DictConfig, study: optuna.Study) -> Any:
-    """Just the genome (for the heat map), without loading any weights."""
-    from types import SimpleNamespace
-
-    from evolve.genome import make_genome
-    from evolve.preflight import layer_count
-    from evolve.search import resolve_models
-
-    base, sources = resolve_models(cfg, progress=False)
-    n_layers = layer_count(base, "models.base")
-    return SimpleNamespace(genome=make_genome(cfg.method, cfg.genome, n_layers=n_layers, base=base, sources=sources,
-                                              tokenizer_source=cfg.models.get("tokenizer_source"), extra_stacks=_ps_stack(cfg)))
-
-
-def _ps_stack(cfg: DictConfig) -> list[str] | None:
-    """ps_dfs: the PS result is the last DFS stack."""
-    if cfg.genome.kind != "ps_dfs":
-        return None
-    from evolve.ps_dfs import ps_model_dir
-
-    return [str(ps_model_dir(cfg))]

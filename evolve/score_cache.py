@@ -1,7 +1,13 @@
-"""Report scores of models that do not depend on the search (sources, untuned baselines), kept across studies.
+"""Scores already measured, so nothing is scored twice: the one score cache, in two stores.
 
-A rerun with a fresh study then scores only its evolved merge. The key covers everything a score depends on: the
-recipe, the bytes of every model it reads, the eval tasks' files, the evaluation settings and library versions.
+In the study (its user attrs, so export, report and a resumed run agree without re-scoring):
+- `trial_key(n)` -> a trial's dev+test scores (all dev documents + held-out test), shared by export and report;
+- `rescore_key(n)` -> a trial's scores on all dev documents (the top-K selection, evolve.select);
+- `recipe_key(recipe, cfg)` -> the dev+test scores of a report row that is not a trial (source, baseline).
+Across studies (`<models.cache_dir>/scores/<score_key>.json`): report rows that do not depend on the search
+(sources, untuned baselines), so a rerun with a fresh study scores only its evolved merge. That key covers
+everything a score depends on: the recipe, the bytes of every model it reads, the eval tasks' files, the evaluation
+settings, the evaluator and library versions.
 """
 
 from __future__ import annotations
@@ -10,11 +16,55 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from merge_core.writer import atomic_write_text
 
 VERSION = 2  # 2: dev scores on every dev document; partitioned tasks (tasks.split)
+
+Scores = dict[str, float]
+
+
+def trial_key(number: int) -> str:
+    """Study attr of a trial's dev (all documents) + test scores."""
+    return f"scores:trial{number}"
+
+
+def rescore_key(number: int) -> str:
+    """Study attr of a trial's scores on all dev documents."""
+    return f"devall:trial{number}"
+
+
+def recipe_key(recipe: Any, cfg: Any) -> str:
+    """Study attr of a non-trial recipe's dev + test scores: the recipe (no provenance), seed, tasks and split."""
+    from merge_core.recipe import recipe_to_dict
+
+    data = recipe_to_dict(recipe)
+    data.pop("evolve_merge", None)
+    t = cfg.tasks
+    split = {k: t.split[k] for k in ("dev_size", "dev_fraction", "seed")}
+    text = json.dumps([data, recipe.seed, list(t.names), [str(p) for p in t.include_path], split], sort_keys=True,
+                      default=str)
+    return "scores:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def in_study(study: Any, key: str, compute: Callable[[], Scores]) -> Scores:
+    """The scores stored in the study's user attrs under `key`; on a miss computed, stored, and returned."""
+    cached = study.user_attrs.get(key)
+    if cached is not None:
+        return dict(cached)
+    scores = compute()
+    study.set_user_attr(key, scores)
+    return scores
+
+
+def across_studies(folder: Path, key: str, compute: Callable[[], Scores], name: str) -> Scores:
+    """The scores of `folder/<key>.json`; on a miss computed, stored (named `name`) and returned."""
+    scores = load(folder, key)
+    if scores is None:
+        scores = compute()
+        store(folder, key, scores, name)
+    return scores
 
 
 def _files_digest(named: Iterable[tuple[str, Path]], digest: Any = None) -> Any:

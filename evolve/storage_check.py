@@ -124,11 +124,10 @@ def repair_journal(path: Path) -> int:
     if not path.is_file():
         raise UserError(f"storage: {path} is not a regular file ({_kind(path)}); give a journal file path, "
                         "e.g. storage=runs/x/journal.log")
-    from optuna.storages.journal import JournalFileSymlinkLock
-    from optuna.storages.journal._file import get_lock_file
+    from evolve.optuna_compat import journal_append_lock
 
     # the lock Optuna's JournalFileBackend takes for each append: holding it, no writer is mid-record
-    with get_lock_file(JournalFileSymlinkLock(str(path))):
+    with journal_append_lock(str(path)):
         good, tail = _scan(path)
         if not tail:
             return 0

@@ -1,9 +1,9 @@
-"""Optuna plumbing for the search: storage, samplers, pruners, the trial budget and the progress bar."""
+"""Optuna plumbing for the search: storage, samplers, pruners, the trial budget, heartbeats and the progress bar."""
 
 from __future__ import annotations
 
 import contextlib
-import time
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,14 +11,15 @@ from typing import Any
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from evolve import optuna_compat
 from evolve.errors import UserError
-from evolve.schema import multi_objective
-from merge_core.files import exclusive_lock
+from evolve.objective import is_multi, n_objectives
+from evolve.optuna_compat import HeartbeatJournalStorage
 from evolve.storage_check import cannot_open, check_storage_url, is_journal, no_driver, repair_journal
+from merge_core.files import exclusive_lock
 
 
 def storage_url(cfg: DictConfig) -> str:
@@ -91,47 +92,6 @@ def check_storage(cfg: DictConfig) -> None:
     check_storage_url(storage_url(cfg))
 
 
-HEARTBEAT_ATTR = "evolve:heartbeat"
-
-
-class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
-    """A journal file with heartbeats (Optuna 5's JournalStorage has none), so a killed worker's trial goes stale.
-
-    The beat is a trial system attr holding wall-clock time: workers on several machines sharing one journal
-    file need clocks synchronized (NTP) well within grace_period.
-    """
-
-    def __init__(self, backend: Any, *, heartbeat_interval: int, grace_period: int, callback: Any) -> None:
-        super().__init__(backend)
-        self._interval, self._grace, self._callback = heartbeat_interval, grace_period, callback
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        """Store the time now as the trial's last beat."""
-        try:
-            self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker already failed this trial as stale; its tell will say so
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now, stale = time.time(), []
-        for t in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
-            if HEARTBEAT_ATTR not in t.system_attrs:
-                continue
-            # a retried trial inherits its failed parent's old beat: count from its own start as well
-            start = t.datetime_start.timestamp() if t.datetime_start else 0.0
-            if now - max(float(t.system_attrs[HEARTBEAT_ATTR]), start) > self._grace:
-                stale.append(t._trial_id)
-        return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        """Seconds between beats."""
-        return self._interval
-
-    def get_heartbeat_stale_trial_callback(self) -> Any:
-        """Retries a stale trial as a new WAITING trial."""
-        return self._callback
-
-
 @contextlib.contextmanager
 def _creation_lock(url: str):
     """Serialize schema creation of a local sqlite file: workers starting together race to create its tables."""
@@ -168,7 +128,7 @@ def make_sampler(cfg: DictConfig, seed_offset: int = 0) -> optuna.samplers.BaseS
 def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner:
     """Pruner over evaluation stages; none for multi-objective studies (Optuna cannot prune those)."""
     p = cfg.pruner
-    if p.name == "none" or multi_objective(cfg):
+    if p.name == "none" or is_multi(cfg):
         return optuna.pruners.NopPruner()
     options = OmegaConf.to_container(p.options, resolve=True) or {}  # pruner=none has no options (evolve/schema.py)
     try:
@@ -194,9 +154,8 @@ def open_study(cfg: DictConfig, sampler: optuna.samplers.BaseSampler, pruner: op
         except KeyError:
             raise UserError(f"study_name: no study {cfg.study_name!r} in {storage_url(cfg)}; run "
                             f"`evolve search` first or fix study_name/out_dir/storage") from None
-    n_obj = len(cfg.tasks.names) if multi_objective(cfg) else 1
     return optuna.create_study(study_name=cfg.study_name, storage=storage, sampler=sampler, pruner=pruner,
-                               directions=["maximize"] * n_obj, load_if_exists=True)
+                               directions=["maximize"] * n_objectives(cfg), load_if_exists=True)
 
 
 def is_counted(t: FrozenTrial) -> bool:
@@ -219,9 +178,8 @@ class Budget:
 def budget_state(study: optuna.Study, before: int | None = None) -> Budget:
     """Counted and running trials (only those numbered below `before`, if given); fails stale trials first."""
     from optuna.storages import fail_stale_trials
-    from optuna.storages._heartbeat import is_heartbeat_enabled
 
-    heartbeat = is_heartbeat_enabled(study._storage)
+    heartbeat = optuna_compat.heartbeat_enabled(study)
     if heartbeat and before is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -232,6 +190,38 @@ def budget_state(study: optuna.Study, before: int | None = None) -> Budget:
     counted = sum(is_counted(t) for t in trials)
     running = sum(t.state == TrialState.RUNNING for t in trials)
     return Budget(counted, running, len(trials), heartbeat)
+
+
+class Heartbeat:
+    """Records a RUNNING trial's heartbeat in the storage so a killed worker's trial is failed and retried."""
+
+    def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
+        self.interval = optuna_compat.heartbeat_interval(study)
+        self.stop = threading.Event()
+        self.thread = None
+        if self.interval:
+            def beat() -> None:
+                while True:
+                    optuna_compat.record_heartbeat(study, trial)
+                    if self.stop.wait(self.interval):
+                        return
+            self.thread = threading.Thread(target=beat, daemon=True)
+
+    @staticmethod
+    def beat_once(study: optuna.Study, trial: optuna.Trial) -> None:
+        """Record one heartbeat now (heartbeat storages only)."""
+        if optuna_compat.heartbeat_interval(study):
+            optuna_compat.record_heartbeat(study, trial)
+
+    def __enter__(self) -> "Heartbeat":
+        if self.thread:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread:
+            self.thread.join()
 
 
 def best_value_text(study: optuna.Study) -> str:

@@ -19,7 +19,7 @@ def run(args: list[str], evaluator_factory: Any = None) -> int:
     cfg, _ = load_config(rest)
     from evolve.export import export_trial
     from evolve.identity import verify
-    from evolve.search import resolve_models
+    from evolve.models import resolve_models
     from evolve.study import make_pruner, make_sampler, open_study
 
     study = open_study(cfg, make_sampler(cfg), make_pruner(cfg), create=False)

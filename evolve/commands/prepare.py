@@ -12,7 +12,7 @@ from evolve.errors import UserError
 def run(args: list[str]) -> int:
     """Run the preparer named in `models.prepare` of the composed config; print name -> folder."""
     from evolve.config import load_config
-    from evolve.preparers import get_preparer
+    from evolve.models import get_preparer
 
     cfg, cargs = load_config(args)
     if not cfg.models.prepare:

@@ -12,7 +12,7 @@ def run(args: list[str], evaluator_factory: Any = None) -> int:
     cfg, _ = load_config(args)
     from evolve.identity import verify
     from evolve.report import make_report
-    from evolve.search import resolve_models
+    from evolve.models import resolve_models
     from evolve.study import make_pruner, make_sampler, open_study
     from evolve.summary import closing_lines
 

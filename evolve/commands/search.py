@@ -1,4 +1,4 @@
-"""`evolve search conf=NAME [k=v ...] [-m]`: Hydra composes the config (a sweep with -m), evolve.search runs it."""
+"""`evolve search conf=NAME [k=v ...] [-m]`: Hydra composes the config (a sweep with -m), evolve.pipeline runs it."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def _run_hydra(cargs: ConfArgs, configs: dict[tuple[str, ...], Any], evaluator_f
     import hydra
 
     from evolve import schema
-    from evolve.search import run_search
+    from evolve.pipeline import run_search
     from evolve.summary import closing_lines
 
     schema.register()

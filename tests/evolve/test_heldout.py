@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 from omegaconf import OmegaConf
@@ -88,42 +87,6 @@ def test_evaluator_scores_only_its_split_and_limit_draws_from_dev(tmp_path: Path
     assert sorted(json.loads(x) for x in log.read_text().split()) == test_ids
 
 
-def test_select_rescores_the_top_k_and_picks_by_the_rescored_value() -> None:
-    """The search's best is not kept when another top-K trial re-scores higher on all dev documents."""
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import create_trial
-
-    from evolve.select import candidates, select
-
-    cfg = OmegaConf.create({"tasks": {"names": ["a"], "weights": None}, "optimizer": {"multi_objective": False},
-                            "select": {"top_k": 3}})
-    study = optuna.create_study(direction="maximize")
-    for i, v in enumerate([0.5, 0.9, 0.8, 0.7, 0.95]):
-        study.add_trial(create_trial(value=v, params={"x": i / 10}, distributions={"x": FloatDistribution(0, 1)}))
-    rescored = {0: 0.99, 1: 0.6, 2: 0.75, 3: 0.7, 4: 0.65}  # trial 0 would win but is not in the top 3
-    for n, v in rescored.items():
-        study.set_user_attr(f"devall:trial{n}", {"a_dev": v})
-    assert [t.number for t in candidates(study, 3)] == [1, 2, 4]
-    record = select(cfg, study, world=None)  # every candidate's re-score is cached: no model is needed
-    assert record["pick"] == 2 and [c["trial"] for c in record["candidates"]] == [1, 2, 4]
-    assert {c["trial"]: c["rescored"][0] for c in record["candidates"]} == {1: 0.6, 2: 0.75, 4: 0.65}
-    assert study.user_attrs["selection"]["pick"] == 2
-
-
-def test_select_takes_the_top_k_of_each_objective() -> None:
-    from optuna.distributions import FloatDistribution
-    from optuna.trial import create_trial
-
-    from evolve.select import candidates, metric_names
-
-    study = optuna.create_study(directions=["maximize", "maximize"])
-    for vals in ([0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.8], [0.5, 0.5]):
-        study.add_trial(create_trial(values=vals, params={"x": 0.1}, distributions={"x": FloatDistribution(0, 1)}))
-    assert [t.number for t in candidates(study, 2)] == [0, 1, 2, 3]
-    cfg = OmegaConf.create({"tasks": {"names": ["arith", "units"]}, "optimizer": {"multi_objective": True}})
-    assert metric_names(cfg) == ["arith_dev", "units_dev"]
-
-
 def test_heldout_text_labels_builtins_and_prints_one_command_per_folder(tmp_path: Path) -> None:
     from evolve.report import heldout_text
 
@@ -147,7 +110,7 @@ def test_search_on_a_flat_include_path_task_holds_out_and_reproduces(tmp_path: P
     best/model gives the report's <task>_test exactly; the card and mergekit_config.yml follow the conventions."""
     from evolve import export as export_mod
     from evolve.config import load_config
-    from evolve.search import run_search
+    from evolve.pipeline import run_search
 
     flat = write_flat_task(tmp_path / "mytasks")
     search_log, heldout_log = tmp_path / "search.log", tmp_path / "heldout.log"

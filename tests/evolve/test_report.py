@@ -4,7 +4,6 @@ import json
 
 import pytest
 
-from evolve import export as export_mod
 from evolve.report import make_report
 from tests.helpers.fake_eval import finished_run
 
@@ -34,7 +33,7 @@ def test_report_redraw_uses_cached_scores(tmp_path_factory, monkeypatch):
     def no_world(*a, **k):
         raise AssertionError("report rebuilt the models instead of reading cached scores")
 
-    monkeypatch.setattr("evolve.report.ensure_world", no_world)
+    monkeypatch.setattr("evolve.report.ensure_context", no_world)
     table = make_report(cfg, study)
     assert (report / "results.json").read_text() == before and (report / "history.png").exists()
     assert "evolved" in table
@@ -42,18 +41,23 @@ def test_report_redraw_uses_cached_scores(tmp_path_factory, monkeypatch):
 
 def test_fixed_rows_are_reused_by_a_fresh_study_and_keyed_by_content(tmp_path, monkeypatch):
     """A new study on the same models scores only its evolved merge; other weights or settings miss the cache."""
-    from evolve import report as report_mod
-    from evolve import score_cache
     from evolve.config import load_config
-    from evolve.search import run_search
+    from evolve.context import Context
+    from evolve.pipeline import run_search
     from tests.helpers.fake_eval import FakeEvaluator, env_for, make_models, write_config
 
     models = make_models(tmp_path / "models")
     for k, v in env_for(models).items():
         monkeypatch.setenv(k, v)
     calls = []
-    real = report_mod.dev_test_scores
-    monkeypatch.setattr(report_mod, "dev_test_scores", lambda world, recipe: calls.append(1) or real(world, recipe))
+    real = Context.dev_test_scores
+
+    def counting(ctx, recipe):  # rows that are not a trial of the search: sources and baselines
+        if recipe.provenance.get("trial") is None:
+            calls.append(1)
+        return real(ctx, recipe)
+
+    monkeypatch.setattr(Context, "dev_test_scores", counting)
     path = write_config(tmp_path, models)
     rows = []
     for run in ("one", "two"):
@@ -67,18 +71,7 @@ def test_fixed_rows_are_reused_by_a_fresh_study_and_keyed_by_content(tmp_path, m
     run_search(cfg, FakeEvaluator)
     assert len(calls) == 12  # switched off: every fixed row is scored again
 
-    from merge_core.recipe import parse_recipe
-
-    rec = parse_recipe({"merge_method": "linear", "models": [{"model": str(models["a"]), "parameters": {"weight": 1.0}}]})
-    key = score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])
-    assert key == score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])
-    assert key != score_cache.score_key(rec, {str(models["a"]): "h2"}, cfg, "cpu", models["base"])  # other weights
-    assert key != score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cuda", models["base"])
-    cfg.tasks.test_limit = 5
-    assert key != score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])
-    cfg.tasks.test_limit = None
-    monkeypatch.setattr(score_cache, "_code_digest", lambda: "other merge code")
-    assert key != score_cache.score_key(rec, {str(models["a"]): "h1"}, cfg, "cpu", models["base"])
+    # the content key itself (weights, device, test_limit, code): tests/evolve/test_score_cache.py
 
 
 def test_heatmap_has_layer_numbers_the_embed_gene_and_a_labelled_colour_bar():

@@ -1,6 +1,5 @@
 """The search loop on a fake world: budget, baselines, attrs, pruning, failures, resume after SIGKILL, workers, sweeps."""
 
-import os
 import re
 import signal
 import stat
@@ -16,7 +15,7 @@ from optuna.trial import TrialState
 
 from evolve.config import load_config
 from evolve.errors import UserError
-from evolve.search import run_search
+from evolve.pipeline import run_search
 from evolve.study import is_counted, make_pruner, make_sampler, open_study
 from tests.helpers.fake_eval import FakeEvaluator, env_for, finished_run, make_models, write_config
 
@@ -50,26 +49,6 @@ def test_search_runs_exactly_n_trials_with_attrs(tmp_path_factory, monkeypatch):
     # the default SQLite storage runs in WAL mode (no disk sync per write); the mode is stored in the file
     with sqlite3.connect(Path(cfg.out_dir) / "study.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def test_preparer_gets_the_models_seed_not_the_search_seed(tmp_path, models, monkeypatch):
-    import evolve.preparers
-    from evolve.search import resolve_models
-
-    seen = []
-
-    def fake_preparer(cache_dir, *, seed, progress, **options):
-        seen.append(seed)
-        return {"base": models["base"], "a": models["a"], "b": models["b"]}
-
-    monkeypatch.setattr(evolve.preparers, "get_preparer", lambda name: fake_preparer)
-    path = write_config(tmp_path, models)
-    for overrides in (["seed=5"], ["seed=5", "models.seed=3"]):
-        cfg, _ = load_config([f"conf={path}", "models.prepare=toy", "models.base=base", "models.sources=[a,b]",
-                              *overrides])
-        base, sources = resolve_models(cfg, progress=False)
-        assert base == str(models["base"].resolve()) and len(sources) == 2
-    assert seen == [0, 3]  # a sweep over the search seed reuses the prepared models
 
 
 def test_resume_adds_only_the_missing_trials(tmp_path, models, monkeypatch):

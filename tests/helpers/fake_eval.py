@@ -102,7 +102,7 @@ def env_for(models: dict[str, Path], **extra: str) -> dict[str, str]:
 def finished_run(base: Path, monkeypatch) -> tuple[object, object]:
     """One complete in-process search on the fake world (shared by the search/export/report tests)."""
     from evolve.config import load_config
-    from evolve.search import run_search
+    from evolve.pipeline import run_search
     from evolve.study import make_pruner, make_sampler, open_study
 
     models = make_models(base / "models")

@@ -36,7 +36,7 @@ def _no_models(monkeypatch):
     """Any attempt to open the models fails the test: storage problems must be found before."""
     def refuse(*a, **k):
         raise AssertionError("models were opened before the storage was checked")
-    monkeypatch.setattr("evolve.search.build_world", refuse)
+    monkeypatch.setattr("evolve.pipeline.build_context", refuse)
 
 
 def test_torn_tail_is_cut_with_a_warning_and_the_same_command_resumes(tmp_path, fake, capsys):

@@ -13,7 +13,6 @@ import time
 import uuid
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 
 from tests.external import require_postgres
