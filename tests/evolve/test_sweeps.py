@@ -64,7 +64,7 @@ def test_sweep_jobs_print_a_header_and_keep_their_overrides(tmp_path, models):
 
 def test_each_job_runs_the_config_composed_and_validated_once(tmp_path, models, monkeypatch):
     import evolve.config
-    import evolve.search
+    import evolve.pipeline
 
     for k, v in env_for(models).items():
         monkeypatch.setenv(k, v)
@@ -72,7 +72,7 @@ def test_each_job_runs_the_config_composed_and_validated_once(tmp_path, models, 
     real_validate = evolve.config.validate
     monkeypatch.setattr(evolve.config, "validate", lambda cfg, where: (validated.append(int(cfg.seed)),
                                                                        real_validate(cfg, where))[1])
-    monkeypatch.setattr(evolve.search, "run_search", lambda cfg, *rest: ran.append((int(cfg.seed), cfg.study_name)))
+    monkeypatch.setattr(evolve.pipeline, "run_search", lambda cfg, *rest: ran.append((int(cfg.seed), cfg.study_name)))
     path = write_config(tmp_path, models)
     assert main(["search", f"conf={path}", "export=false", "report=false", "n_trials=1", "seed=0,1", "-m"]) == 0
     assert validated == [0, 1]  # once per job, all before the first job runs
