@@ -63,17 +63,20 @@ def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-def recipe_dict(method: str, paths: dict[str, Path], layers: int, out_dtype: str = "bfloat16") -> dict:
-    """A recipe with per-layer gradients (one value per layer) for weight and, where used, density."""
-    def ramp(lo: float, hi: float) -> list[float]:
-        return [round(lo + (hi - lo) * i / max(1, layers - 1), 4) for i in range(layers)]
+def recipe_dict(method: str, paths: dict[str, Path], layers: int, out_dtype: str = "bfloat16", trial: int = 0) -> dict:
+    """A recipe with per-layer gradients (one value per layer) for weight and, where used, density.
+
+    Densities lie on the search's grid (multiples of 0.01, like the genome's Optuna step); `trial` shifts them by
+    0.01 per trial, so successive "trials" differ as a search's do."""
+    def ramp(lo: float, hi: float, digits: int = 4) -> list[float]:
+        return [round(lo + (hi - lo) * i / max(1, layers - 1), digits) for i in range(layers)]
 
     sparse = method in ("ties", "dare_ties")
     models = []
     for name, (lo, hi) in (("ft1", (0.3, 0.7)), ("ft2", (0.7, 0.3))):
         params: dict = {"weight": ramp(lo, hi)}
         if sparse:
-            params["density"] = ramp(0.4, 0.8)
+            params["density"] = ramp(0.4 + 0.01 * trial, 0.8 - 0.01 * trial, digits=2)
         models.append({"model": str(paths[name]), "parameters": params})
     data: dict = {"merge_method": method, "dtype": "float32", "out_dtype": out_dtype}
     if method == "linear":

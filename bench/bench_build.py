@@ -1,158 +1,241 @@
-"""Time building ONE candidate in memory (merge_into a live bf16 model) against a torch floor and mergekit-yaml.
+"""Time building ONE candidate in memory (merge_into a live bf16 model) against the memory-traffic limit.
 
-Usage: python bench/bench_build.py [--cache .cache/bench] [--size smollm2,llama1b] [--methods linear,ties,...]
-                                   [--repeats 3] [--no-mergekit] [--mergekit-methods ties,dare_ties]
 Checkpoints (a base and two base+noise variants, bf16, real shapes, random weights) are written once under
---cache/synthetic-SIZE (~2.5 GB each at llama1b). Nothing here asserts on time: it prints a Markdown table.
+--cache/synthetic-SIZE (~2.5 GB each at llama1b; writing them takes a few minutes once). Nothing asserts on time:
+it prints Markdown tables. Everything below is measured in one process and one run, beside each other.
 
-Columns: `first` = the first merge_into (reads source pages from disk / page cache), `steady` = median of the
-next --repeats calls (what every later trial of a search pays), `floor` = a plain torch weighted sum of the same
-bf16 source tensors with float32 math per tensor into the live model's preallocated bf16 parameters,
-`mergekit run_merge` = seconds inside mergekit 0.1.5's `run_merge(config, out_folder)` (load, merge, write; what
-mergekit-evolve pays per candidate), timed in mergekit's own interpreter after its imports; `process` = that whole
-Python process (start-up and imports included). On CPU, ties/dare_ties run through the compiled kernels of
-merge_core/methods/fused.py (`first` includes their compile); MERGE_CORE_FUSED=0 times the eager path instead.
+Build columns: `first` = the first merge_into (source pages read, kernels compiled; for ties/dare_ties with
+per-search trims it is the *precomputing* trial, reported apart), `steady` = median of the next --repeats trials
+(what every later trial of a search pays; for ties/dare_ties successive trials have different densities on the
+0.01 grid, as a search's do), `exact` = one build through the exact path (no per-search trims: what `evolve merge`
+of a recipe and every trial before this issue paid), then the ratios the issue asks for: linear/task_arithmetic
+`steady / limit` (target <= 1.3), ties `steady / task_arithmetic` (<= 2) and dare_ties (<= 3).
+
+Floors (the same plans' source tensors into the live model's bf16 parameters): `limit` = bytes read and written
+(each source tensor read once, each output written once) at the machine's copy bandwidth (best of 5 copies of a
+256 MiB bf16 tensor, read + write counted); `fused` = the compiled one-pass weighted sum (methods/blend.py: the
+best floor we have, what task_arithmetic runs); `blocked` = an eager float32 weighted sum in 256K-element chunks
+with reused scratch (cache-blocked, one op per input per chunk); `whole` = the same per whole tensor.
+
+The precomputation line gives what the per-search trims cost once: seconds, bytes on disk, bytes kept in memory,
+and after how many trials they have paid for themselves ((first - steady) / (exact - steady)).
+
+Commands (the lead's quiet-machine run; the first measures everything the issue's Done-when asks for the build):
+    python bench/bench_build.py --size llama1b
+    python bench/bench_build.py --size smollm2 --repeats 3
+    python bench/bench_build.py --size llama1b --methods task_arithmetic --repeats 5     # the limit ratio alone
+MERGE_CORE_FUSED=0 times the eager kernels instead; --threads N sets torch's threads; --device cuda runs it all on
+a GPU (bench/gpu.sh).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from _common import MERGEKIT_PYTHON, METHODS, SIZES, ensure_models, load_line, print_table, recipe_dict
+from _common import METHODS, SIZES, ensure_models, load_line, print_table, recipe_dict
+
+BLOCK = 1 << 18
 
 
-def floor_seconds(model: torch.nn.Module, sources, plans, repeats: int) -> float:
-    """Median time of a plain float32 weighted sum of the plans' inputs into the live parameters."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second of a large tensor copy on `device`, reads and writes both counted (best of 5)."""
+    src = torch.randn(1 << 27, device=device).to(torch.bfloat16)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(6):
+        _sync(device)
+        t = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.numel() * src.element_size() / best
+
+
+def floor_jobs(model: torch.nn.Module, sources, plans) -> list[tuple[torch.Tensor, list[torch.Tensor], list[float]]]:
+    """(output parameter, input tensors, weights) per plan: what every floor sums."""
     params = dict(model.named_parameters(remove_duplicate=False))
+    device = next(model.parameters()).device
     jobs = []
     for plan in plans:
-        inputs = [sources.get(m, name) for m, name in plan.inputs.items()]
-        weights = [0.3 + 0.1 * i for i in range(len(inputs))]
-        jobs.append((params[plan.out_name].data, inputs, weights))
-    largest = max(out.numel() for out, _, _ in jobs)
-    scratch = torch.empty(largest, dtype=torch.float32)
+        inputs = [sources.get(m, name).to(device) for m, name in plan.inputs.items()]
+        jobs.append((params[plan.out_name].data, inputs, [0.3 + 0.1 * i for i in range(len(inputs))]))
+    return jobs
+
+
+def traffic_bytes(jobs) -> int:
+    """Each input read once and each output written once."""
+    return sum(out.numel() * out.element_size() + sum(x.numel() * x.element_size() for x in xs) for out, xs, _ in jobs)
+
+
+DEVICE = torch.device("cpu")
+
+
+def _median_time(fn, repeats: int) -> float:
     times = []
-    for _ in range(repeats + 1):  # the first pass touches the source pages; not counted
+    for _ in range(repeats + 1):  # the first pass touches the source pages (and compiles): not counted
+        _sync(DEVICE)
         t = time.perf_counter()
         with torch.no_grad():
-            for out, inputs, weights in jobs:
-                acc = scratch[: out.numel()].view(out.shape)
-                acc.copy_(inputs[0]).mul_(weights[0])
-                for x, w in zip(inputs[1:], weights[1:]):
-                    acc.add_(x, alpha=w)
-                out.copy_(acc)
+            fn()
+        _sync(DEVICE)
         times.append(time.perf_counter() - t)
     return statistics.median(times[1:])
 
 
-# Runs inside mergekit's own interpreter: imports first, then times run_merge alone (what mergekit-evolve calls per
-# candidate), then the whole command's wall time is measured around it by the caller.
-_RUN_MERGE = """
-import sys, time, yaml
-from mergekit.config import MergeConfiguration
-from mergekit.merge import MergeOptions, run_merge
-cfg = MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1])))
-t = time.perf_counter()
-run_merge(cfg, sys.argv[2], options=MergeOptions(cuda=False, random_seed=0, quiet=True, copy_tokenizer=False))
-print("RUN_MERGE_SECONDS", time.perf_counter() - t)
-"""
+def whole_floor(jobs, repeats: int) -> float:
+    """A plain float32 weighted sum per whole tensor into a reused scratch buffer, then cast into the parameter."""
+    scratch = torch.empty(max(out.numel() for out, _, _ in jobs), dtype=torch.float32, device=DEVICE)
+
+    def run() -> None:
+        for out, inputs, weights in jobs:
+            acc = scratch[: out.numel()].view(out.shape)
+            acc.copy_(inputs[0]).mul_(weights[0])
+            for x, w in zip(inputs[1:], weights[1:]):
+                acc.add_(x, alpha=w)
+            out.copy_(acc)
+
+    return _median_time(run, repeats)
 
 
-def mergekit_seconds(recipe: dict, timeout: float) -> tuple[float, float] | None:
-    """(seconds inside mergekit's run_merge, wall seconds of the whole process) writing `recipe` to a temp folder."""
-    if not Path(MERGEKIT_PYTHON).is_file():
-        return None
-    with tempfile.TemporaryDirectory(dir=".cache") as tmp:
-        cfg = Path(tmp) / "recipe.yaml"
-        data = {k: v for k, v in recipe.items() if k != "evolve_merge"}
-        cfg.write_text(yaml.safe_dump(data, sort_keys=False))
-        t = time.perf_counter()
-        run = subprocess.run([MERGEKIT_PYTHON, "-c", _RUN_MERGE, str(cfg), str(Path(tmp) / "out")],
-                             capture_output=True, text=True, timeout=timeout)
-        wall = time.perf_counter() - t
-    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RUN_MERGE_SECONDS")]
-    if run.returncode != 0 or not lines:
-        print(f"mergekit failed: {run.stderr.strip().splitlines()[-1:]}")
-        return None
-    return float(lines[-1].split()[1]), wall
+def blocked_floor(jobs, repeats: int) -> float:
+    """The same sum BLOCK elements at a time: the float32 scratch stays in cache."""
+    scratch = torch.empty(BLOCK, dtype=torch.float32, device=DEVICE)
+
+    def run() -> None:
+        for out, inputs, weights in jobs:
+            flat_out, flat_in = out.view(-1), [x.reshape(-1) for x in inputs]
+            for s in range(0, flat_out.numel(), BLOCK):
+                e = min(s + BLOCK, flat_out.numel())
+                acc = scratch[: e - s].copy_(flat_in[0][s:e]).mul_(weights[0])
+                for x, w in zip(flat_in[1:], weights[1:]):
+                    acc.add_(x[s:e], alpha=w)
+                flat_out[s:e].copy_(acc)
+
+    return _median_time(run, repeats)
 
 
-def bench_size(size: str, args: argparse.Namespace) -> list[list[str]]:
-    """Rows of the table for one model size."""
+def fused_floor(jobs, repeats: int) -> float:
+    """The compiled one-pass weighted sum (methods/blend.py) per tensor; eager where it does not apply."""
+    from merge_core.methods import blend
+
+    def run() -> None:
+        for out, inputs, weights in jobs:
+            if not blend.weighted_sum(inputs, weights, out):
+                blend.eager([x.reshape(-1) for x in inputs], weights, out.view(-1))
+
+    return _median_time(run, repeats)
+
+
+def bench_size(size: str, args: argparse.Namespace) -> tuple[list[list[str]], list[str]]:
+    """Rows of the build table for one model size, and its floor / precomputation lines."""
     from merge_core.live import build_live_model, merge_into
+    from merge_core.methods import precomputed
     from merge_core.plan import plan_tensors
     from merge_core.recipe import parse_recipe
     from merge_core.sources import Sources
 
     paths = ensure_models(args.cache, size)
     layers = SIZES[size]["layers"]
-    rows, floor = [], None
-    model = sources0 = None
+    model = None
+    rows, notes, steady_of = [], [], {}
     for method in args.methods:
-        data = recipe_dict(method, paths, layers)
-        recipe = parse_recipe(data, f"bench:{method}")
-        t = time.perf_counter()
+        recipe = parse_recipe(recipe_dict(method, paths, layers), f"bench:{method}")
         sources = Sources.open(recipe, check_finite=False)
-        opened = time.perf_counter() - t
         if model is None:
             t = time.perf_counter()
-            model = build_live_model(sources, "cpu", "bfloat16")
-            print(f"[{size}] build_live_model: {time.perf_counter() - t:.2f}s; Sources.open: {opened:.2f}s", flush=True)
-            sources0 = sources
+            model = build_live_model(sources, DEVICE, "bfloat16")
+            print(f"[{size}] build_live_model: {time.perf_counter() - t:.2f}s", flush=True)
+            plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
+            jobs = floor_jobs(model, sources, plans)
+            bw = copy_bandwidth(DEVICE)
+            nbytes = traffic_bytes(jobs)
+            limit = nbytes / bw
+            fused = fused_floor(jobs, args.repeats)
+            blocked = blocked_floor(jobs, args.repeats)
+            whole = whole_floor(jobs, args.repeats)
+            notes.append(f"[{size}] traffic {nbytes / 1e9:.2f} GB at copy bandwidth {bw / 1e9:.1f} GB/s: limit "
+                         f"{limit:.3f}s; fused floor {fused:.3f}s ({fused / limit:.2f}x), blocked floor {blocked:.3f}s "
+                         f"({blocked / limit:.2f}x), whole-tensor floor {whole:.3f}s ({whole / limit:.2f}x)")
+            print(notes[-1], flush=True)
+        sparse = method in ("ties", "dare_ties")
+        exact = None
+        if sparse:  # the exact path first (no per-search trims): every trial paid this before
+            exact = _median_time(lambda: merge_into(model, recipe, sources), 1)
+            sources = Sources.open(recipe, check_finite=False)  # a fresh search: nothing cached yet
+            store = precomputed.attach(sources, Path(args.trims) / f"{size}-{method}")
         times = []
-        for _ in range(args.repeats + 1):
+        for trial in range(args.repeats + 1):
+            r = parse_recipe(recipe_dict(method, paths, layers, trial=trial), f"bench:{method}:{trial}") if sparse else recipe
+            _sync(DEVICE)
             t = time.perf_counter()
-            merge_into(model, recipe, sources)
+            merge_into(model, r, sources)
+            _sync(DEVICE)
             times.append(time.perf_counter() - t)
         steady = statistics.median(times[1:])
-        if floor is None:
-            plans = plan_tensors(recipe, sources0.architecture, sources0.base_config, sources0.output_tied)
-            floor = floor_seconds(model, sources0, plans, args.repeats)
-        mk = wall = None
-        if method in args.mergekit_methods:
-            mk, wall = mergekit_seconds(data, args.mergekit_timeout) or (None, None)
-        ratio_floor = steady / floor
-        ratio_mk = f"{mk / steady:.1f}x" if mk else "-"
-        print(f"[{size}] {method}: first {times[0]:.2f}s steady {steady:.2f}s floor {floor:.2f}s "
-              f"mergekit run_merge {mk if mk is None else round(mk, 1)}s, process {wall if wall is None else round(wall, 1)}s"
-              f" (load {load_line()})", flush=True)
-        rows.append([size, method, f"{times[0]:.2f}", f"{steady:.2f}", f"{floor:.2f}", f"{ratio_floor:.2f}",
-                     "-" if mk is None else f"{mk:.1f}", "-" if wall is None else f"{wall:.1f}", ratio_mk])
-    return rows
+        steady_of[method] = steady
+        if method in ("linear", "task_arithmetic"):
+            target = f"{steady / limit:.2f}x limit (<= 1.3)"
+        elif "task_arithmetic" in steady_of:
+            bound = 2 if method == "ties" else 3
+            target = f"{steady / steady_of['task_arithmetic']:.2f}x task_arithmetic (<= {bound})"
+        else:
+            target = "-"
+        if sparse:
+            st = store.stats
+            pays = (times[0] - steady) / (exact - steady) if exact > steady else float("inf")
+            notes.append(f"[{size}] {method} precomputation (once per search): {st['seconds']:.2f}s computing "
+                         f"({st['computed']} tables), {st['bytes_disk'] / 1e6:.1f} MB on disk, "
+                         f"{st['bytes_memory'] / 1e6:.1f} MB held in memory; first trial {times[0]:.2f}s vs "
+                         f"exact {exact:.2f}s; pays for itself after {pays:.1f} trials")
+            print(notes[-1], flush=True)
+        print(f"[{size}] {method}: first {times[0]:.2f}s steady {steady:.3f}s exact "
+              f"{'-' if exact is None else f'{exact:.2f}s'} limit {limit:.3f}s (load {load_line()})", flush=True)
+        rows.append([size, method, f"{times[0]:.2f}", f"{steady:.3f}", "-" if exact is None else f"{exact:.2f}",
+                     f"{limit:.3f}", f"{steady / limit:.2f}", target])
+    return rows, notes
 
 
 def main() -> int:
-    """Parse options, run every size, print the table."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", type=Path, default=Path(".cache/bench"))
-    ap.add_argument("--size", default="smollm2", help="comma list of " + ", ".join(SIZES))
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-mergekit", action="store_true")
-    ap.add_argument("--mergekit-methods", default=",".join(METHODS), help="methods also timed with mergekit's run_merge")
-    ap.add_argument("--mergekit-timeout", type=float, default=900)
+    """Parse options, run every size, print the tables."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=Path(".cache/bench"), help="where the synthetic checkpoints live")
+    ap.add_argument("--size", default="llama1b", help="comma list of " + ", ".join(SIZES))
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma list; ties/dare_ties ratios need task_arithmetic first")
+    ap.add_argument("--repeats", type=int, default=3, help="steady trials (and floor repeats) after the first")
+    ap.add_argument("--trims", default=None, help="folder for the per-search trims (default: a temporary one, "
+                                                  "so the precomputation is measured)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the live model, source cache and floors there)")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     args.methods = [m for m in args.methods.split(",") if m]
-    args.mergekit_methods = set() if args.no_mergekit else {m for m in args.mergekit_methods.split(",") if m}
     if args.threads:
         torch.set_num_threads(args.threads)
-    Path(".cache").mkdir(exist_ok=True)
     print(f"torch threads {torch.get_num_threads()}, load before: {load_line()}", flush=True)
-    rows = []
-    for size in args.size.split(","):
-        rows += bench_size(size, args)
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory(prefix="trims-") as tmp:
+        args.trims = args.trims or tmp
+        for size in args.size.split(","):
+            r, n = bench_size(size, args)
+            rows += r
+            notes += n
     print(f"load after: {load_line()}")
-    print_table(["size", "method", "first s", "steady s", "floor s", "steady/floor", "mergekit run_merge s",
-                 "mergekit process s", "run_merge / steady"], rows)
+    for line in notes:
+        print(line)
+    print_table(["size", "method", "first s", "steady s", "exact s", "limit s", "steady / limit", "target"], rows)
     return 0
 
 

@@ -81,7 +81,8 @@ def _kernel(fn):  # noqa: ANN001, ANN202
 
 
 def _count(keys: torch.Tensor, bins: int) -> torch.Tensor:
-    return torch.bincount(keys.reshape(-1).cpu(), minlength=bins)[:bins]
+    # counted where the keys are (CUDA has bincount too); the dummy key (== bins) is dropped
+    return torch.bincount(keys.reshape(-1), minlength=bins)[:bins].cpu()
 
 
 def _top_index(counts: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
