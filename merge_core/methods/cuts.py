@@ -112,17 +112,19 @@ def magnitude_cuts(x: torch.Tensor, b: torch.Tensor, ks: list[int]) -> tuple[lis
     slot_d, dummy = slot.to(dev), torch.tensor(nlow, dtype=torch.int32, device=dev)
     for s, e in _spans(n):
         low += _count(_kernel(_low_keys)(x[s:e], b[s:e], slot_d, dummy), nlow)
-    kth, cut, pending = [], [], []
-    for i, (k, h, a) in enumerate(zip(ks, hi.tolist(), above_hi.tolist())):
-        sub = low[int(slot[h]) << LOW:(int(slot[h]) + 1) << LOW]
-        lo_t, a2_t = _top_index(sub, torch.tensor([k - a]))
-        lo, a2 = int(lo_t[0]), int(a2_t[0])
-        bits = (h << LOW) | lo
-        need, equal = k - a - a2, int(sub[lo])
-        kth.append(float(torch.tensor(bits, dtype=torch.int32).view(torch.float32)))
-        cut.append(n)
-        if need < equal:  # the cut splits a tie group: find the flat index of its need-th member
-            pending.append((i, bits, need))
+    # second level, all ks at once: each k's bin row of low-bit counts, its rank r inside the bin from the top
+    rows = low.view(bins.numel(), 1 << LOW)[slot[hi].long()]
+    at_or_above = rows.flip(1).cumsum(1).flip(1)
+    rank = torch.tensor(ks, dtype=torch.int64) - above_hi
+    lo = torch.searchsorted(-at_or_above, -rank[:, None], right=True).reshape(-1) - 1
+    nxt = (lo + 1).clamp(max=(1 << LOW) - 1)[:, None]
+    above_lo = torch.where(lo + 1 < 1 << LOW, at_or_above.gather(1, nxt).reshape(-1), 0)
+    equal = rows.gather(1, lo[:, None]).reshape(-1)
+    need = rank - above_lo  # entries equal to the k-th value that are kept (1 <= need <= equal)
+    bits = (hi << LOW) | lo
+    kth = bits.to(torch.int32).view(torch.float32).tolist()
+    cut = [n] * len(ks)
+    pending = [(i, b_, nd) for i, (b_, nd, eq) in enumerate(zip(bits.tolist(), need.tolist(), equal.tolist())) if nd < eq]
     if pending:
         _tie_indices(x, b, pending, cut)
     return kth, cut

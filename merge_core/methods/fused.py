@@ -67,7 +67,7 @@ def _keep(x: torch.Tensor, bf: torch.Tensor, code: torch.Tensor | None, lim: tor
 
 def _l1_pass(x: torch.Tensor, b: torch.Tensor, code: torch.Tensor | None, lim: torch.Tensor, kth: torch.Tensor,
              cut: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    d, keep = _keep(x, b.float(), code, lim, kth, cut, torch.arange(b.numel(), device=b.device) + start)
+    d, keep = _keep(x, b.float(), code, lim, kth, cut, torch.arange(b.numel(), device=b.device, dtype=start.dtype) + start)
     mag = d.abs()
     # float32 sums per span (like the eager path's per chunk), totals in double: float64 sums cost 20 % more
     return mag.sum(), torch.where(keep, mag, 0.0).sum()
@@ -80,7 +80,7 @@ def _combine_pass(
 ) -> None:
     # the eager path's operations in its order (task_arithmetic.generalized_task_arithmetic), fused
     bf = b.float()
-    idx = torch.arange(b.numel(), device=b.device) + start
+    idx = torch.arange(b.numel(), device=b.device, dtype=start.dtype) + start
     ts = []
     for i, x in enumerate(xs):
         d, keep = _keep(x, bf, codes[i], lim[i], kth[i], cut[i], idx)
@@ -127,6 +127,11 @@ def _kernel(name: str) -> Any:
 
         _KERNELS[name] = call
     return _KERNELS[name]
+
+
+def _index_dtype(n: int) -> torch.dtype:
+    # flat indices (and the tie cut, at most n) in int32 when they fit: twice the vector lanes of int64
+    return torch.int32 if n < 2**31 - 1 else torch.int64
 
 
 def _spans(n: int) -> list[tuple[int, int]]:
@@ -225,7 +230,7 @@ def merge(
     lam = float(options["lambda"])
     scalars = dict(
         lim=torch.tensor(lims, dtype=torch.uint8, device=dev),
-        kth=torch.tensor(kth, dtype=torch.float32, device=dev), cut=torch.tensor(cut, dtype=torch.int64, device=dev),
+        kth=torch.tensor(kth, dtype=torch.float32, device=dev), cut=torch.tensor(cut, dtype=_index_dtype(n), device=dev),
         coef=torch.tensor(coef, dtype=torch.float32, device=dev), w=torch.tensor(weights, dtype=torch.float32, device=dev),
         div=torch.tensor(div, dtype=torch.float32, device=dev), lam=torch.tensor(lam, dtype=torch.float32, device=dev),
         consensus=consensus == "sum", normalize=bool(options["normalize"]), scale_lam=lam != 1,
@@ -234,7 +239,7 @@ def merge(
     combine = _kernel("combine")
     for s, e in _spans(n):
         combine(base_t[s:e], [x[s:e] for x in xs], [cd[s:e] if cd is not None else None for cd in codes],
-                start=torch.tensor(s, device=dev), out=flat_out[s:e], **scalars)
+                start=torch.tensor(s, dtype=_index_dtype(n), device=dev), out=flat_out[s:e], **scalars)
     return out
 
 
@@ -243,12 +248,13 @@ def _l1_scale(x: torch.Tensor, b: torch.Tensor, code: torch.Tensor | None, lim: 
     """Factor that gives the kept delta the whole delta's L1 norm (None when either norm is ~0), as sp.l1_scale."""
     l1 = _kernel("l1")
     dev = x.device
-    kth_t, cut_t = torch.tensor(kth, dtype=torch.float32, device=dev), torch.tensor(cut, device=dev)
+    idx_dtype = _index_dtype(x.numel())
+    kth_t, cut_t = torch.tensor(kth, dtype=torch.float32, device=dev), torch.tensor(cut, dtype=idx_dtype, device=dev)
     lim_t = torch.tensor(lim, dtype=torch.uint8, device=dev)
     before = after = 0.0
     for s, e in _spans(x.numel()):
         tb, ta = l1(x[s:e], b[s:e], code[s:e] if code is not None else None, lim_t, kth_t, cut_t,
-                    torch.tensor(s, device=dev))
+                    torch.tensor(s, dtype=idx_dtype, device=dev))
         before += float(tb)
         after += float(ta)
     if before < eps or after < eps:
