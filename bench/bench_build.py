@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
-from _common import METHODS, SIZES, ensure_models, load_line, print_table, recipe_dict
+from _common import MERGEKIT_PYTHON, METHODS, SIZES, ensure_models, load_line, print_table, recipe_dict
 
 BLOCK = 1 << 18
 
@@ -137,6 +139,38 @@ def fused_floor(jobs, repeats: int) -> float:
     return _median_time(run, repeats)
 
 
+# Runs inside mergekit's own interpreter: imports first, then times run_merge alone (what mergekit-evolve calls per
+# candidate).
+_RUN_MERGE = """
+import sys, time, yaml
+from mergekit.config import MergeConfiguration
+from mergekit.merge import MergeOptions, run_merge
+cfg = MergeConfiguration.model_validate(yaml.safe_load(open(sys.argv[1])))
+t = time.perf_counter()
+run_merge(cfg, sys.argv[2], options=MergeOptions(cuda=False, random_seed=0, quiet=True, copy_tokenizer=False))
+print("RUN_MERGE_SECONDS", time.perf_counter() - t)
+"""
+
+
+def mergekit_seconds(recipe: dict, timeout: float) -> tuple[float, float] | None:
+    """(seconds inside mergekit's run_merge, wall seconds of the whole process) writing `recipe` to a temp folder."""
+    if not Path(MERGEKIT_PYTHON).is_file():
+        return None
+    with tempfile.TemporaryDirectory(dir=".cache") as tmp:
+        cfg = Path(tmp) / "recipe.yaml"
+        data = {k: v for k, v in recipe.items() if k != "evolve_merge"}
+        cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+        t = time.perf_counter()
+        run = subprocess.run([MERGEKIT_PYTHON, "-c", _RUN_MERGE, str(cfg), str(Path(tmp) / "out")],
+                             capture_output=True, text=True, timeout=timeout)
+        wall = time.perf_counter() - t
+    lines = [ln for ln in run.stdout.splitlines() if ln.startswith("RUN_MERGE_SECONDS")]
+    if run.returncode != 0 or not lines:
+        print(f"mergekit failed: {run.stderr.strip().splitlines()[-1:]}")
+        return None
+    return float(lines[-1].split()[1]), wall
+
+
 def bench_size(size: str, args: argparse.Namespace) -> tuple[list[list[str]], list[str]]:
     """Rows of the build table for one model size, and its floor / precomputation lines."""
     from merge_core.live import build_live_model, merge_into
@@ -201,8 +235,10 @@ def bench_size(size: str, args: argparse.Namespace) -> tuple[list[list[str]], li
             print(notes[-1], flush=True)
         print(f"[{size}] {method}: first {times[0]:.2f}s steady {steady:.3f}s exact "
               f"{'-' if exact is None else f'{exact:.2f}s'} limit {limit:.3f}s (load {load_line()})", flush=True)
+        mk = mergekit_seconds(recipe_dict(method, paths, layers), args.mergekit_timeout) if method in args.mergekit_methods else None
         rows.append([size, method, f"{times[0]:.2f}", f"{steady:.3f}", "-" if exact is None else f"{exact:.2f}",
-                     f"{limit:.3f}", f"{steady / limit:.2f}", target])
+                     f"{limit:.3f}", f"{steady / limit:.2f}", target,
+                     "-" if mk is None else f"{mk[0]:.1f} ({mk[0] / steady:.0f}x)"])
     return rows, notes
 
 
@@ -217,13 +253,19 @@ def main() -> int:
     ap.add_argument("--trims", default=None, help="folder for the per-search trims (default: a temporary one, "
                                                   "so the precomputation is measured)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--mergekit-methods", default="", help="methods also timed with mergekit 0.1.5's run_merge "
+                    "(minutes each at llama1b; $EVOLVE_MERGEKIT_PYTHON)")
+    ap.add_argument("--no-mergekit", action="store_true", help="no mergekit column (the default unless --mergekit-methods)")
+    ap.add_argument("--mergekit-timeout", type=float, default=900)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the live model, source cache and floors there)")
     args = ap.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
     args.methods = [m for m in args.methods.split(",") if m]
+    args.mergekit_methods = set() if args.no_mergekit else {m for m in args.mergekit_methods.split(",") if m}
     if args.threads:
         torch.set_num_threads(args.threads)
+    Path(".cache").mkdir(exist_ok=True)  # mergekit's temporary output folders
     print(f"torch threads {torch.get_num_threads()}, load before: {load_line()}", flush=True)
     rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="trims-") as tmp:
@@ -235,7 +277,8 @@ def main() -> int:
     print(f"load after: {load_line()}")
     for line in notes:
         print(line)
-    print_table(["size", "method", "first s", "steady s", "exact s", "limit s", "steady / limit", "target"], rows)
+    print_table(["size", "method", "first s", "steady s", "exact s", "limit s", "steady / limit", "target",
+                 "mergekit run_merge s (/ steady)"], rows)
     return 0
 
 

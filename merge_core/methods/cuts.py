@@ -156,15 +156,17 @@ def _tie_indices(x: torch.Tensor, b: torch.Tensor, pending: list[tuple[int, int,
             keys = _kernel(_tie_keys)(x[s:e], b[s:e], slot, vals, torch.tensor(0, device=dev),
                                       torch.tensor(nv, device=dev), dummy)
             per_block = _count(keys, nblocks * nv).view(nblocks, nv)
+            u = None  # the span's magnitude bits, computed once if some tie lies in it
             for j, v in enumerate(values):
                 running = seen[j] + per_block[:, j].cumsum(0)
                 while todo[v] and todo[v][0][0] <= int(running[-1]):
                     need, i = todo[v].pop(0)
                     blk = int(torch.searchsorted(running, torch.tensor(need)))
                     before = int(running[blk - 1]) if blk else seen[j]
-                    lo = s + blk * BLOCK
-                    local = torch.nonzero(_bits(x[lo:lo + BLOCK], b[lo:lo + BLOCK]) == v).reshape(-1)
-                    cut[i] = lo + int(local[need - before - 1])
+                    if u is None:
+                        u = _kernel(_bits)(x[s:e], b[s:e])
+                    local = torch.nonzero(u[blk * BLOCK:(blk + 1) * BLOCK] == v).reshape(-1)
+                    cut[i] = s + blk * BLOCK + int(local[need - before - 1])
                 seen[j] = int(running[-1])
 
 
