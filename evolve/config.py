@@ -310,6 +310,22 @@ def validate(cfg: DictConfig, where: str) -> None:
     check_method(cfg.method, where, n_sources=len(models.sources))
     if schema.multi_objective(cfg):
         _check(len(tasks.names) >= 2, where, "optimizer", f"{cfg.optimizer.name} is multi-objective and needs >= 2 tasks")
+    _check_optuna_options(cfg, where)
+
+
+def _check_optuna_options(cfg: DictConfig, where: str) -> None:
+    """optimizer.options / pruner.options as their Optuna classes take them, before any model loads (the search
+    builds its sampler only after the world): both are built once here and dropped (cheap: no study, no trial)."""
+    from evolve.study import make_pruner, make_sampler
+
+    for group, make in (("optimizer", make_sampler), ("pruner", make_pruner)):
+        try:
+            make(cfg)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        except (TypeError, ValueError) as exc:  # Optuna's own range checks (population_size >= 2, ...)
+            raise UserError(f"{where}: {group}.options: {exc}; fix the value (see the Optuna docs of "
+                            f"{group}={cfg[group].name})") from None
 
 
 def check_method(method: DictConfig, where: str, n_sources: int | None = None) -> None:

@@ -146,3 +146,17 @@ def test_compose_method_inside_a_running_hydra_app_keeps_it():
         outer = GlobalHydra.instance().hydra
         assert compose_method("ties").name == "ties"
         assert GlobalHydra.instance().hydra is outer
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["optimizer=random", "+optimizer.options.n_startup_trials=4"], "optimizer.options: RandomSampler"),
+    (["optimizer=nsga2", "optimizer.options.population_size=1"], "optimizer.options: `population_size`"),
+    (["pruner=halving", "pruner.options.reduction_factor=1"], "pruner.options: The value of `reduction_factor`"),
+    (["pruner=median", "+pruner.options.nope=1"], "pruner.options"),
+])
+def test_options_the_optuna_class_refuses_are_one_line_before_any_model(args, needle, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "conf=tiny", f"out_dir={out}", f"models.cache_dir={tmp_path / 'cache'}", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+    assert not out.exists() and not (tmp_path / "cache").exists()  # refused before the toy models were prepared
