@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from merge_core.methods import fused
+from merge_core.methods import compiled
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,7 @@ def _wsum(xs: list[torch.Tensor], coef: torch.Tensor, out: torch.Tensor) -> None
 
 def _kernel() -> Any:
     if not _KERNEL:
-        from torch._inductor import config as inductor_config
-
-        compiled = torch.compile(_wsum, dynamic=True, fullgraph=True)
-        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-
-        def call(*args: Any) -> Any:
-            # the flag is part of inductor's cache key, so this kernel never shares code compiled without it
-            with torch._dynamo.config.patch(**{limit: fused.RECOMPILE_LIMIT}), \
-                    inductor_config.patch({"cpp.enable_floating_point_contract_flag": "fast"}):
-                return compiled(*args)
-
-        _KERNEL.append(call)
+        _KERNEL.append(compiled.compile_kernel(_wsum, inductor={"cpp.enable_floating_point_contract_flag": "fast"}))
     return _KERNEL[0]
 
 
@@ -103,7 +92,7 @@ def weighted_sum(xs: list[torch.Tensor], coefs: list[float], out: torch.Tensor) 
     """Write sum_i coefs[i] * xs[i] (eager rounding: x0 * c0, then FMAs) into `out` in one pass; False = not done
     (the caller runs its eager loop): fused kernels off, a small tensor, a layout or variant the kernel cannot match."""
     n = out.numel()
-    if not fused.usable(xs[0], out, n) or not all(x.is_contiguous() and x.device == out.device for x in xs):
+    if not compiled.usable(xs[0], out, n) or not all(x.is_contiguous() and x.device == out.device for x in xs):
         return False
     key = (tuple(x.dtype for x in xs), out.dtype, out.device.type)
     flat = [x.reshape(-1) for x in xs]
@@ -111,7 +100,7 @@ def weighted_sum(xs: list[torch.Tensor], coefs: list[float], out: torch.Tensor) 
         if not _verified(key, flat, out):
             return False
         _kernel()(flat, torch.tensor(coefs, dtype=torch.float32, device=out.device), out.view(-1))
-    except Exception as e:  # no compiler: say so once (fused.disable), merge eagerly from now on
-        fused.disable(e)
+    except Exception as e:  # no compiler: say so once (compiled.disable), merge eagerly from now on
+        compiled.disable(e)
         return False
     return True

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from merge_core.methods import fused
+from merge_core.methods import compiled
 from merge_core.methods import sparsify as sp
 
 SPAN = 1 << 24  # flat elements per streamed span: bounds the int32 scratch
@@ -65,16 +65,16 @@ def _kernel(fn):  # noqa: ANN001, ANN202
     """fn compiled once (inductor), or fn itself when compiling fails: the precomputation is exact either way."""
     name = fn.__name__
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(fn, dynamic=True, fullgraph=True)
-    compiled = _COMPILED[name]
+        _COMPILED[name] = compiled.compile_kernel(fn)
+    kernel = _COMPILED[name]
 
     def call(*args):  # noqa: ANN002, ANN202
-        if fused.mode() == "off" or fused._broken:
+        if not compiled.enabled():
             return fn(*args)
         try:
-            return compiled(*args)
+            return kernel(*args)
         except Exception as e:  # no compiler: say so once, then eager
-            fused.disable(e)
+            compiled.disable(e)
             return fn(*args)
 
     return call

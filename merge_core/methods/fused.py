@@ -13,42 +13,17 @@ tensors, a failed compile) runs the eager path. MERGE_CORE_FUSED=0 turns it off,
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 from typing import Any
 
 import torch
 
+from merge_core.methods import compiled
 from merge_core.methods import sparsify as sp
 
-log = logging.getLogger(__name__)
-
-FUSED_MIN = 1 << 16  # smaller tensors stay eager: too small for a compiled pass to pay; tests on tiny models never compile
 SPAN = 1 << 24  # flat elements per kernel call: bounds the bool marks, and memory if a kernel ever ran uncompiled
 SAMPLE = 1 << 17  # most values in the random sample that brackets the k-th magnitude
 MARGIN = 4.5  # bracket half-width in standard deviations of the sample quantile: misses ~1 in 100,000 tensors
-
-_broken: list[str] = []  # the first compile error, once seen: everything stays eager afterwards
-
-
-def mode() -> str:
-    """'off', 'on' (any size) or 'auto' (large CPU tensors), from MERGE_CORE_FUSED=0/1/auto."""
-    v = os.environ.get("MERGE_CORE_FUSED", "auto").strip().lower()
-    return {"0": "off", "false": "off", "off": "off", "1": "on", "true": "on", "on": "on"}.get(v, "auto")
-
-
-DEVICES = ("cpu", "cuda")  # where torch.compile has a backend (inductor: C++ on CPU, Triton on CUDA)
-
-
-def usable(base: torch.Tensor, out: torch.Tensor | None, n: int) -> bool:
-    """Whether this tensor's merge goes through the fused kernels."""
-    m = mode()
-    dev = base.device.type
-    if m == "off" or _broken or dev not in DEVICES or n == 0 or (m == "auto" and n < FUSED_MIN):
-        return False
-    return out is None or (out.is_contiguous() and out.device == base.device)
-
 
 def _trim_pass(x: torch.Tensor, b: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mag = (x.float() - b.float()).abs()
@@ -110,22 +85,9 @@ def _combine_pass(
 _KERNELS: dict[str, Any] = {}
 
 
-RECOMPILE_LIMIT = 64  # variants: model count, dtypes, masks, consensus / normalize / lambda; torch's default is 8
-
-
 def _kernel(name: str) -> Any:
     if name not in _KERNELS:
-        fn = {"trim": _trim_pass, "l1": _l1_pass, "combine": _combine_pass}[name]
-        compiled = torch.compile(fn, dynamic=True, fullgraph=True)
-
-        # torch < 2.6 names the limit cache_size_limit
-        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with torch._dynamo.config.patch(**{limit: RECOMPILE_LIMIT}):
-                return compiled(*args, **kwargs)
-
-        _KERNELS[name] = call
+        _KERNELS[name] = compiled.compile_kernel({"trim": _trim_pass, "l1": _l1_pass, "combine": _combine_pass}[name])
     return _KERNELS[name]
 
 
@@ -260,10 +222,3 @@ def _l1_scale(x: torch.Tensor, b: torch.Tensor, code: torch.Tensor | None, lim: 
     if before < eps or after < eps:
         return None
     return before / after
-
-
-def disable(error: BaseException) -> None:
-    """Remember a compile failure and say once that merges run eager from now on."""
-    if not _broken:
-        _broken.append(repr(error))
-        log.warning("fused merge kernels unavailable (%s); using the eager path", str(error).splitlines()[0][:200])

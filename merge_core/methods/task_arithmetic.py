@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import torch
 
-from merge_core.methods import blend, fused
+from merge_core.methods import blend, compiled, fused
 from merge_core.methods import sparsify as sp
 from merge_core.methods.chunks import row_chunks, scratch
 from merge_core.methods.registry import REQUIRED, register
@@ -78,13 +78,13 @@ def generalized_task_arithmetic(
     dense = sparsification is None or all(float(params[m]["density"]) >= 1 for m in others)
     if consensus is None and dense:
         return _weighted_sum(tensors, base, others, weights, lam, normalize, out)
-    if sparsification in (None, "magnitude", "random") and fused.usable(base_t, out, base_t.numel()):
+    if sparsification in (None, "magnitude", "random") and compiled.usable(base_t, out, base_t.numel()):
         try:
             seeds = {m: model_seed(generator, m) for m in others}
             return fused.merge(tensors, base, others, params, weights, options, sparsification, consensus, seeds,
                                weight_divisor(weights), out)
         except Exception as e:  # a compiler missing or failing: say so once, then merge eagerly
-            fused.disable(e)
+            compiled.disable(e)
 
     def delta_of(m: str) -> sp.Delta:
         # a fresh float32 copy of the source rows (never a view of a float32 source), minus the base rows in place

@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from merge_core.methods import METHODS, fused
+from merge_core.methods import METHODS, compiled, fused
 from merge_core.methods import sparsify as sp
 
 
@@ -24,7 +24,7 @@ def small_spans(monkeypatch):
     # several kernel calls per tensor, the last one not a multiple of 8 long: offsets and the marks' tail are used
     monkeypatch.setattr(fused, "SPAN", 4096)
     monkeypatch.setattr(fused, "SAMPLE", 512)
-    monkeypatch.setattr(fused, "_broken", [])
+    monkeypatch.setattr(compiled, "_broken", [])
 
 
 def _sources(dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -46,7 +46,7 @@ def test_fused_merge_equals_the_eager_merge(method, options, dtype, small_spans,
               "c": {"weight": 0.5, "density": 1.0}}
     eager = _merge(method, tensors, params, options, "0", monkeypatch)
     fast = _merge(method, tensors, params, options, "1", monkeypatch)
-    assert not fused._broken, fused._broken  # the kernels compiled and ran: no silent eager fallback
+    assert not compiled._broken, compiled._broken  # the kernels compiled and ran: no silent eager fallback
     if options.get("rescale") or method == "dare_ties":
         # the L1 rescale sums in another order: a few entries may round to the neighbouring bf16 value
         assert (eager != fast).float().mean() < 1e-3
@@ -89,7 +89,7 @@ def test_a_failing_compile_falls_back_to_eager_once(small_spans, monkeypatch, ca
         raise RuntimeError("InductorError: no working C++ compiler")
 
     monkeypatch.setattr(fused, "_kernel", no_compiler)
-    with caplog.at_level(logging.WARNING, logger=fused.__name__):
+    with caplog.at_level(logging.WARNING, logger=compiled.__name__):
         first = _merge("ties", {k: tensors[k] for k in ("base", "a", "b")}, params, {}, "1", monkeypatch)
         second = _merge("ties", {k: tensors[k] for k in ("base", "a", "b")}, params, {}, "1", monkeypatch)
     assert torch.equal(first, eager) and torch.equal(second, eager)
@@ -98,11 +98,11 @@ def test_a_failing_compile_falls_back_to_eager_once(small_spans, monkeypatch, ca
 
 def test_auto_mode_leaves_small_and_non_cpu_tensors_eager(monkeypatch) -> None:
     monkeypatch.setenv("MERGE_CORE_FUSED", "auto")
-    monkeypatch.setattr(fused, "_broken", [])
+    monkeypatch.setattr(compiled, "_broken", [])
     small = torch.zeros(10, 10)
-    big = torch.zeros(fused.FUSED_MIN)
-    assert not fused.usable(small, None, small.numel())
-    assert fused.usable(big, None, big.numel())
-    assert not fused.usable(big.to("meta"), None, big.numel())
+    big = torch.zeros(compiled.FUSED_MIN)
+    assert not compiled.usable(small, None, small.numel())
+    assert compiled.usable(big, None, big.numel())
+    assert not compiled.usable(big.to("meta"), None, big.numel())
     monkeypatch.setenv("MERGE_CORE_FUSED", "0")
-    assert not fused.usable(big, None, big.numel())
+    assert not compiled.usable(big, None, big.numel())

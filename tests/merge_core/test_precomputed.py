@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from merge_core.live import build_live_model, merge_into
-from merge_core.methods import METHODS, blend, cuts, fused, precomputed
+from merge_core.methods import METHODS, blend, compiled, cuts, fused, precomputed
 from merge_core.methods import sparsify as sp
 from merge_core.recipe import parse_recipe
 from merge_core.sources import Sources
@@ -19,7 +19,7 @@ from merge_core.writer import write_model
 def small(monkeypatch):
     # several spans and blocks per tensor: offsets, the span loop and the block search are all used
     monkeypatch.setenv("MERGE_CORE_FUSED", "1")
-    monkeypatch.setattr(fused, "_broken", [])
+    monkeypatch.setattr(compiled, "_broken", [])
     monkeypatch.setattr(fused, "SPAN", 4096)
     monkeypatch.setattr(fused, "SAMPLE", 512)
     monkeypatch.setattr(cuts, "SPAN", 5000)
@@ -62,7 +62,7 @@ def test_dare_codes_give_bernoulli_masks_bits() -> None:
 @pytest.mark.parametrize(("method", "dtype"), [("linear", torch.bfloat16), ("linear", torch.float32),
                                                ("task_arithmetic", torch.bfloat16), ("task_arithmetic", torch.float32)])
 def test_fused_weighted_sum_has_the_eager_bits(method, dtype, monkeypatch) -> None:
-    monkeypatch.setattr(fused, "_broken", [])
+    monkeypatch.setattr(compiled, "_broken", [])
     gen = torch.Generator().manual_seed(0)
     base = (0.02 * torch.randn(70, 301, generator=gen)).to(dtype)
     tensors = {"base": base, **{m: (base.float() + 0.002 * torch.randn(70, 301, generator=gen)).to(dtype) for m in "ab"}}
@@ -83,7 +83,7 @@ def test_fused_weighted_sum_has_the_eager_bits(method, dtype, monkeypatch) -> No
 
 def test_a_weighted_sum_kernel_that_rounds_differently_is_never_used(monkeypatch) -> None:
     monkeypatch.setenv("MERGE_CORE_FUSED", "1")
-    monkeypatch.setattr(fused, "_broken", [])
+    monkeypatch.setattr(compiled, "_broken", [])
     monkeypatch.setattr(blend, "_VERIFIED", {})
     # a multiply and an add rounded apart, like inductor without contraction: not the eager FMA bits
     monkeypatch.setattr(blend, "_kernel", lambda: lambda xs, coef, out: out.copy_(

@@ -1,0 +1,65 @@
+"""The compiled-kernel switch shared by every fused method kernel: when to use them, how to compile, and the fallback.
+
+fused.py (TIES/DARE), blend.py (weighted sums) and cuts.py (per-search trims) all compile with torch.compile and
+fall back to eager code on the first compile failure; this module holds that one state, so none of them imports
+another for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+FUSED_MIN = 1 << 16  # smaller tensors stay eager: too small for a compiled pass to pay; tests on tiny models never compile
+DEVICES = ("cpu", "cuda")  # where torch.compile has a backend (inductor: C++ on CPU, Triton on CUDA)
+RECOMPILE_LIMIT = 64  # variants: model count, dtypes, masks, consensus / normalize / lambda; torch's default is 8
+
+_broken: list[str] = []  # the first compile error, once seen: everything stays eager afterwards
+
+
+def mode() -> str:
+    """'off', 'on' (any size) or 'auto' (large CPU tensors), from MERGE_CORE_FUSED=0/1/auto."""
+    v = os.environ.get("MERGE_CORE_FUSED", "auto").strip().lower()
+    return {"0": "off", "false": "off", "off": "off", "1": "on", "true": "on", "on": "on"}.get(v, "auto")
+
+
+def enabled() -> bool:
+    """Whether compiled kernels may run at all (not switched off, no compile failure seen)."""
+    return mode() != "off" and not _broken
+
+
+def usable(base: torch.Tensor, out: torch.Tensor | None, n: int) -> bool:
+    """Whether this tensor's merge goes through the compiled kernels."""
+    m = mode()
+    if not enabled() or base.device.type not in DEVICES or n == 0 or (m == "auto" and n < FUSED_MIN):
+        return False
+    return out is None or (out.is_contiguous() and out.device == base.device)
+
+
+def disable(error: BaseException) -> None:
+    """Remember a compile failure and say once that merges run eager from now on."""
+    if not _broken:
+        _broken.append(repr(error))
+        log.warning("fused merge kernels unavailable (%s); using the eager path", str(error).splitlines()[0][:200])
+
+
+def compile_kernel(fn: Callable[..., Any], inductor: dict[str, Any] | None = None) -> Callable[..., Any]:
+    """fn compiled by torch.compile (dynamic shapes, one graph), called under our recompile limit and the given
+    inductor settings (which are part of inductor's cache key, so such a kernel never shares code compiled without)."""
+    compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+    # torch < 2.6 names the limit cache_size_limit
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        from torch._inductor import config as inductor_config
+
+        with torch._dynamo.config.patch(**{limit: RECOMPILE_LIMIT}), inductor_config.patch(inductor or {}):
+            return compiled(*args, **kwargs)
+
+    return call
