@@ -39,7 +39,6 @@ from pathlib import Path
 
 import torch
 import yaml
-
 from _common import MERGEKIT_PYTHON, METHODS, SIZES, ensure_models, load_line, print_table, recipe_dict
 
 BLOCK = 1 << 18
@@ -205,7 +204,7 @@ def bench_size(size: str, args: argparse.Namespace) -> tuple[list[list[str]], li
         sparse = method in ("ties", "dare_ties")
         exact = None
         if sparse:  # the exact path first (no per-search trims): every trial paid this before
-            exact = _median_time(lambda: merge_into(model, recipe, sources), 1)
+            exact = _median_time(lambda model=model, recipe=recipe, sources=sources: merge_into(model, recipe, sources), 1)
             sources = Sources.open(recipe, check_finite=False)  # a fresh search: nothing cached yet
             store = precomputed.attach(sources, Path(args.trims) / f"{size}-{method}")
         times = []

@@ -244,7 +244,7 @@ def main() -> None:
         model, tok = load(name, args.cache)
         for task in args.tasks.split(","):
             rows.append({"model": name, **bench_task(model, tok, task, args)})
-    print(f"\n{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  torch threads={args.threads}  "
+    print(f"\n{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC  torch threads={args.threads}  "
           f"limit={args.limit}  batch={args.batch_size}  reps={args.reps}  clock={args.clock}  "
           f"load average {os.getloadavg()[0]:.1f}  "
           f"wall {time.perf_counter() - t0:.0f} s")

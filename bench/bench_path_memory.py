@@ -39,11 +39,10 @@ def child(base: str, ft: str, candidates: int) -> None:
     """Run the case here and print one JSON line."""
     import torch
 
+    from evolve.dfs import declare_dfs
     from merge_core.live import build_live_model, merge_into
     from merge_core.recipe import parse_recipe
     from merge_core.sources import Sources
-
-    from evolve.dfs import declare_dfs
 
     torch.set_num_threads(2)
     marks = {"imports": rss_now()[0]}

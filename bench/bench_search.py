@@ -131,9 +131,8 @@ class HeldOut:
 
     def __call__(self, params: dict[str, float]) -> float:
         """Weighted test objective (the dev objective's weights) of the recipe at `params`."""
-        from merge_core.live import merge_into
-
         from evolve.objective import combined
+        from merge_core.live import merge_into
 
         key = json.dumps(params, sort_keys=True)
         if key not in self.cache:

@@ -38,10 +38,9 @@ def child(case: str, batch: int, trials: int, recipe_out: str) -> None:
 
     marks["imports"] = rss_now()[0]
     if case == "search":
+        from evolve.config import load_config
         from merge_core.live import merge_into
         from merge_core.recipe import save_recipe
-
-        from evolve.config import load_config
 
         cfg = load_config(["conf=demo", "progress=false", "device=cpu", f"tasks.batch_size={batch}"])[0]
         torch.set_num_threads(int(cfg.threads) if cfg.get("threads") else torch.get_num_threads())

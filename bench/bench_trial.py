@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import datetime
 import functools
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -145,8 +145,9 @@ def load_cfg(setting: str, out_dir: Path, n_trials: int, threads: int, limit: in
 @contextlib.contextmanager
 def sqlite_wal():
     """Open sqlite storages in WAL mode with synchronous=NORMAL (a proposed fix, applied from outside)."""
-    import evolve.study as study_mod
     from sqlalchemy import event
+
+    import evolve.study as study_mod
 
     orig = study_mod.make_storage
 

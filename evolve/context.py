@@ -8,9 +8,10 @@ that neither exports nor reports does not). The evaluator class is injected (`ev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig
 

@@ -56,12 +56,11 @@ def _card(cfg: DictConfig, trial: FrozenTrial, scores: dict[str, float], metrics
 def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best", out: str | Path | None = None,
                  ctx: Context | None = None, evaluator_factory: EvaluatorFactory | None = None) -> Path:
     """Write a trial's recipe.yaml and model folder to `out` (default <out_dir>/best); returns `out`."""
+    from evolve.models import resolve_models
+    from evolve.outputs import run_inputs
     from merge_core.overlap import refuse_overlap
     from merge_core.recipe import save_recipe
     from merge_core.writer import check_out_dir, write_model
-
-    from evolve.models import resolve_models
-    from evolve.outputs import run_inputs
 
     trial = pick_trial(study, which)  # a bad trial=N, or no complete trial, fails before anything is written
     out = Path(out) if out is not None else Path(cfg.out_dir) / "best"

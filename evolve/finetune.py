@@ -12,10 +12,9 @@ from pathlib import Path
 import jinja2
 import torch
 
-from merge_core.files import make_temp_dir, share_tree
-
 from evolve.errors import UserError
 from evolve.smollm2 import replace_dir, write_manifest
+from merge_core.files import make_temp_dir, share_tree
 
 TRAINING_LOG = "training.json"
 

@@ -99,8 +99,8 @@ def record(study: optuna.Study, current: dict[str, Any]) -> None:
 
 def existing_study(cfg: DictConfig) -> optuna.Study | None:
     """The config's study if its storage already holds it, opened without creating any file or table."""
-    from evolve.study import make_storage, storage_url
     from evolve.storage_check import is_journal
+    from evolve.study import make_storage, storage_url
 
     url = storage_url(cfg)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():

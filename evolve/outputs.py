@@ -7,9 +7,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from merge_core.overlap import refuse_overlap
-
 from evolve.study import storage_file
+from merge_core.overlap import refuse_overlap
 
 
 def run_inputs(cfg: DictConfig, models: tuple[str, list[str]]) -> list[tuple[str, Any]]:

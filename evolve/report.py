@@ -12,12 +12,12 @@ import optuna
 from omegaconf import DictConfig
 from optuna.trial import TrialState
 
-from merge_core.writer import atomic_write_text, remove_stale_temps, temp_tag
 from evolve import score_cache
 from evolve.config import compose_method
-from evolve.context import Context, EvaluatorFactory, eval_options, ensure_context, plan_genome
+from evolve.context import Context, EvaluatorFactory, ensure_context, eval_options, plan_genome
 from evolve.objective import combined
 from evolve.select import best_trial
+from merge_core.writer import atomic_write_text, remove_stale_temps, temp_tag
 
 BASELINES = ("task_arithmetic", "ties", "dare_ties")  # untuned merges every report compares against
 REPORT_ROWS_VERSION = 3  # bump when the set of rows (or how they are scored) changes, so cached reports redo them
@@ -26,9 +26,8 @@ SPLITS_ATTR = "splits"
 
 def _rows_to_score(cfg: DictConfig, best: Any, ctx: Context) -> list[tuple[str, str, Any]]:
     """(name, kind, recipe) for the evolved best, every source, and the untuned baselines."""
-    from merge_core.recipe import parse_recipe
-
     from evolve.genome import declare
+    from merge_core.recipe import parse_recipe
 
     rows = [(f"evolved (trial {best.number})", "evolved", ctx.recipe(best.params, best.number))]
     g = ctx.genome
@@ -71,10 +70,10 @@ def collect_rows(cfg: DictConfig, study: optuna.Study, ctx: Context | None = Non
             # the evolved row shares its cache entry with export
             if kind == "evolved":
                 key = score_cache.trial_key(best.number)
-                score_cache.in_study(study, key, lambda: ctx.dev_test_scores(recipe))
+                score_cache.in_study(study, key, lambda recipe=recipe: ctx.dev_test_scores(recipe))
             else:
                 key = score_cache.recipe_key(recipe, cfg)
-                score_cache.in_study(study, key, lambda: _fixed_scores(cfg, ctx, recipe, name))
+                score_cache.in_study(study, key, lambda recipe=recipe, name=name: _fixed_scores(cfg, ctx, recipe, name))
             keys.append(key)
             names.append([name, kind])
         study.set_user_attr(SPLITS_ATTR, task_splits(cfg, ctx))

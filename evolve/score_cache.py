@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from merge_core.writer import atomic_write_text
 
@@ -114,9 +114,8 @@ def _small_files_digest(folders: list[Path]) -> str:
 
 def _code_digest() -> str:
     """sha256 over the merge library and the evaluator's source: changed merge or scoring code means new scores."""
-    import merge_core
-
     import evolve
+    import merge_core
 
     files = sorted(Path(merge_core.__file__).parent.rglob("*.py"))
     files += [Path(evolve.__file__).parent / name for name in ("evaluate.py", "tasks.py")]
@@ -130,6 +129,7 @@ def score_key(recipe: Any, model_hashes: dict[str, str], cfg: Any, device: str, 
     import lm_eval
     import torch
     import transformers
+
     from merge_core.recipe import recipe_to_dict
 
     data = recipe_to_dict(recipe)

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 from optuna.trial import TrialState

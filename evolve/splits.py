@@ -28,7 +28,7 @@ class SplitRule:
     seed: int = DEFAULT_SEED
 
     @classmethod
-    def from_conf(cls, conf: object | None) -> "SplitRule":
+    def from_conf(cls, conf: object | None) -> SplitRule:
         """From a config node / mapping with dev_size, dev_fraction, seed (missing keys keep the defaults)."""
         if conf is None:
             return cls()

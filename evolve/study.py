@@ -213,7 +213,7 @@ class Heartbeat:
         if optuna_compat.heartbeat_interval(study):
             optuna_compat.record_heartbeat(study, trial)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         if self.thread:
             self.thread.start()
         return self
@@ -244,7 +244,7 @@ class TrialProgress:
         self.bar = tqdm(total=total, initial=min(budget_state(study).counted, total), desc="trials",
                         disable=not enabled, dynamic_ncols=True)
 
-    def __enter__(self) -> "TrialProgress":
+    def __enter__(self) -> TrialProgress:
         return self
 
     def update(self, study: optuna.Study) -> None:

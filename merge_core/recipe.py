@@ -10,18 +10,18 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
 from merge_core.device import DTYPES
 from merge_core.errors import UserError
 from merge_core.files import atomic_write_text, remove_stale_temps
-from merge_core.textfile import check_yaml_size, read_text
 from merge_core.methods import BOOL_PARAMS, METHODS, PARAM_BOUNDS, REQUIRED
+from merge_core.textfile import check_yaml_size, read_text
 from merge_core.tokenizer import TokenizerBlock, check_chat_template, parse_tokenizer_block, tokenizer_block_to_dict
 
-Scalar = Union[int, float, bool, str]
+Scalar = int | float | bool | str
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Condition:
 
 
 # scalar, gradient (tuple of numbers) or ordered conditions (tuple of Condition)
-Setting = Union[Scalar, tuple[float, ...], tuple[Condition, ...]]
+Setting = Scalar | tuple[float, ...] | tuple[Condition, ...]
 Params = dict[str, Setting]
 
 

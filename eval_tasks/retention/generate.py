@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from eval_tasks.generation import write_splits
-
 from items import DROPPED, ITEMS
+
+from eval_tasks.generation import write_splits
 
 SEED = 1234
 N_DEV = 70

@@ -13,11 +13,10 @@ import json
 import os
 from pathlib import Path
 
-from merge_core.device import DTYPES as MERGE_DTYPES
-from merge_core.files import atomic_write_text
-
 from evolve.commands._args import parse_kv
 from evolve.errors import UserError
+from merge_core.device import DTYPES as MERGE_DTYPES
+from merge_core.files import atomic_write_text
 
 KEYS = ("model", "tasks", "split", "batch_size", "device", "limit", "dtype", "out", "include_path")
 DTYPES = (*MERGE_DTYPES, "auto")  # merge_core.device's list, plus the checkpoint's own

@@ -11,8 +11,8 @@ def run(args: list[str], evaluator_factory: Any = None) -> int:
     """Write report/ for the config's stored study and print the held-out table."""
     cfg, _ = load_config(args)
     from evolve.identity import verify
-    from evolve.report import make_report
     from evolve.models import resolve_models
+    from evolve.report import make_report
     from evolve.study import make_pruner, make_sampler, open_study
     from evolve.summary import closing_lines
 

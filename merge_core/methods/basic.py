@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from merge_core.methods import blend
-from merge_core.methods.registry import REQUIRED, register
 from merge_core.methods.chunks import row_chunks, scratch
+from merge_core.methods.registry import REQUIRED, register
 
 Tensors = dict[str, torch.Tensor]
 Params = dict[str, dict[str, Any]]

@@ -3,8 +3,16 @@
 import pytest
 from omegaconf import OmegaConf
 
-from evolve.objective import (combined, is_multi, metric_names, n_objectives, objective_values, rank_value,
-                              task_score, task_weights)
+from evolve.objective import (
+    combined,
+    is_multi,
+    metric_names,
+    n_objectives,
+    objective_values,
+    rank_value,
+    task_score,
+    task_weights,
+)
 
 
 def _cfg(names=("a", "b"), weights=None, multi=False):

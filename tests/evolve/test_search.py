@@ -2,8 +2,8 @@
 
 import re
 import signal
-import stat
 import sqlite3
+import stat
 import subprocess
 import sys
 import time

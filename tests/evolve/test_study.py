@@ -8,8 +8,17 @@ from optuna.trial import TrialState, create_trial
 from evolve import optuna_compat
 from evolve.config import load_config
 from evolve.errors import UserError
-from evolve.study import (Heartbeat, budget_state, is_counted, make_pruner, make_sampler, make_storage, open_study,
-                          storage_file, storage_url)
+from evolve.study import (
+    Heartbeat,
+    budget_state,
+    is_counted,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    open_study,
+    storage_file,
+    storage_url,
+)
 from tests.helpers.fake_eval import make_models, write_config
 
 

@@ -40,8 +40,8 @@ def test_modes_follow_the_umask(tmp_path):
 
 
 def test_share_tree_opens_0600_files_and_0700_folders(tmp_path, umask_022):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     folder = make_temp_dir(tmp_path, ".model-")
     assert _mode(folder) == 0o755

@@ -43,7 +43,7 @@ def test_every_layer_gets_its_groups_value(shape, group, split):
     for p in layer_plans:
         g = p.layer // group
         part = ("mlp" if "mlp" in p.out_name or "post_attention" in p.out_name else "attn") if split else "layer"
-        for src, model in enumerate(["x", "y"]):
+        for model in ["x", "y"]:
             for param in ("weight", "density"):
                 want = params[f"{param}.{model}.{part}{g:02d}"]
                 assert p.params[model][param] == pytest.approx(want, abs=1e-12), (p.out_name, param)

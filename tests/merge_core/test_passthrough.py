@@ -15,7 +15,7 @@ from merge_core.recipe import load_recipe, parse_recipe
 from merge_core.sources import Sources
 from merge_core.writer import write_model
 
-O = "self_attn.o_proj.weight"
+O_PROJ = "self_attn.o_proj.weight"
 D = "mlp.down_proj.weight"
 
 
@@ -49,11 +49,11 @@ def test_folder_matches_path_and_live(tiny_models, recipe_file, tmp_path, last):
     got = load_file(str(out / "model.safetensors"))
     src_a = load_file(str(m["ft_a"] / "model.safetensors"))
     src_base = load_file(str(m["base"] / "model.safetensors"))
-    assert torch.equal(got[f"model.layers.2.{O}"], src_a[f"model.layers.1.{O}"] * 0.5)
+    assert torch.equal(got[f"model.layers.2.{O_PROJ}"], src_a[f"model.layers.1.{O_PROJ}"] * 0.5)
     assert torch.equal(got[f"model.layers.2.{D}"], src_a[f"model.layers.1.{D}"] * 0.25)
     assert torch.equal(got["model.layers.2.mlp.up_proj.weight"], src_a["model.layers.1.mlp.up_proj.weight"])
-    assert torch.equal(got[f"model.layers.4.{O}"], src_a[f"model.layers.1.{O}"])  # the same layer, unscaled
-    assert torch.equal(got[f"model.layers.1.{O}"], src_base[f"model.layers.1.{O}"])
+    assert torch.equal(got[f"model.layers.4.{O_PROJ}"], src_a[f"model.layers.1.{O_PROJ}"])  # the same layer, unscaled
+    assert torch.equal(got[f"model.layers.1.{O_PROJ}"], src_base[f"model.layers.1.{O_PROJ}"])
     # embeddings from the first slice's model, final norm (and head) from the last slice's
     assert torch.equal(got["model.embed_tokens.weight"], src_base["model.embed_tokens.weight"])
     src_last = load_file(str(m[last] / "model.safetensors"))
@@ -81,9 +81,9 @@ def test_live_path_reuses_source_tensors(tiny_models, recipe_file):
 
     layers = live.model.layers
     # unchanged layers are the cached source tensors themselves (no copy); scaled ones have their own storage
-    assert layers[4].self_attn.o_proj.weight.data_ptr() == cached("ft_a", f"model.layers.1.{O}").data_ptr()
+    assert layers[4].self_attn.o_proj.weight.data_ptr() == cached("ft_a", f"model.layers.1.{O_PROJ}").data_ptr()
     assert layers[2].mlp.up_proj.weight.data_ptr() == cached("ft_a", "model.layers.1.mlp.up_proj.weight").data_ptr()
-    assert layers[2].self_attn.o_proj.weight.data_ptr() != cached("ft_a", f"model.layers.1.{O}").data_ptr()
+    assert layers[2].self_attn.o_proj.weight.data_ptr() != cached("ft_a", f"model.layers.1.{O_PROJ}").data_ptr()
     assert live.model.embed_tokens.weight.data_ptr() == cached("base", "model.embed_tokens.weight").data_ptr()
     assert live.lm_head.weight is live.model.embed_tokens.weight  # tied output stays tied
     own = {p.data_ptr() for p in live.parameters()} - {t.data_ptr() for t in sources.device_cache.values()}

@@ -228,8 +228,8 @@ def test_whole_model_parity_with_mergekit(tmp_path: Path, monkeypatch) -> None:
         plans = plan_tensors(recipe, get_architecture(config), config, output_tied=True)
         assert {p.out_name for p in plans} == set(theirs)
         for p in plans:
-            ours = merge_tensor(p, lambda m, n: weights[m][n], recipe.seed)
-            torch.testing.assert_close(ours, theirs[p.out_name].float(), rtol=0, atol=1e-5, msg=lambda s, p=p: f"{fname} {p.out_name}: {s}")
+            ours = merge_tensor(p, lambda m, n, weights=weights: weights[m][n], recipe.seed)
+            torch.testing.assert_close(ours, theirs[p.out_name].float(), rtol=0, atol=1e-5, msg=lambda s, p=p, fname=fname: f"{fname} {p.out_name}: {s}")
 
 
 def test_a_recipe_plan_binds_other_values_of_the_same_structure() -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from merge_core.methods import METHODS
-from merge_core.methods import chunks
+from merge_core.methods import METHODS, chunks
 from merge_core.methods import sparsify as sp
 
 

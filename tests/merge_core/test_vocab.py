@@ -180,8 +180,9 @@ def test_token_listed_without_source_gets_the_default_rule(vocab_models, tmp_pat
     out = write_model(recipe, sources, tmp_path / "out", progress=False)
     tok = AutoTokenizer.from_pretrained(out)
     assert tok.convert_tokens_to_ids(["<|tool|>", "<|fresh|>"]) == [128, 129] and sources.vocabulary.size == 130
-    from merge_core.checkpoint import Checkpoint
     from safetensors.torch import load_file
+
+    from merge_core.checkpoint import Checkpoint
 
     embed = load_file(str(out / "model.safetensors"))["model.embed_tokens.weight"]
     added = Checkpoint(m["added"]).get("model.embed_tokens.weight")

@@ -17,7 +17,16 @@ import pytest
 import yaml
 
 from tests.helpers.fake_cli import main
-from tests.reliability.helpers import searched_world, counted, env_for, make_models, run_cli, study_of, tree_digest, write_config
+from tests.reliability.helpers import (
+    counted,
+    env_for,
+    make_models,
+    run_cli,
+    searched_world,
+    study_of,
+    tree_digest,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from tests.helpers.fake_cli import main
 from evolve.identity import IDENTITY_ATTR
 from merge_core.synthetic import make_checkpoint
-from tests.reliability.helpers import searched_world, counted, env_for, study_of, tree_digest
+from tests.helpers.fake_cli import main
+from tests.reliability.helpers import counted, env_for, searched_world, study_of, tree_digest
 
 
 @pytest.fixture(scope="module")
