@@ -13,20 +13,23 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 
 
 def layer_count(folder: str | Path, key: str) -> int:
-    """num_hidden_layers of a model folder: present, an int in [1, MAX_LAYERS], and what its weights hold."""
+    """The layer count of a model folder (its architecture's config key): present, an int in [1, MAX_LAYERS], and
+    what its weights hold."""
+    from merge_core.architecture import family
     from merge_core.checkpoint import Checkpoint
 
     ck = Checkpoint(Path(folder))
     where = Path(folder) / "config.json"
-    n = ck.config.get("num_hidden_layers")
+    field = family(ck.config).num_layers_key
+    n = ck.config.get(field)
     if n is None:
-        raise UserError(f"{key}: {where} has no num_hidden_layers; restore the model's original config.json")
+        raise UserError(f"{key}: {where} has no {field}; restore the model's original config.json")
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_LAYERS:
-        raise UserError(f"{key}: {where}: num_hidden_layers {n!r} is not an integer in [1, {MAX_LAYERS}]; restore "
+        raise UserError(f"{key}: {where}: {field} {n!r} is not an integer in [1, {MAX_LAYERS}]; restore "
                         "the model's original config.json")
     held = {int(m.group(1)) for name in ck.names if (m := _LAYER.match(name))}
     if held and max(held) + 1 != n:
-        raise UserError(f"{key}: {where} says num_hidden_layers {n} but the weights hold {max(held) + 1} layers; "
+        raise UserError(f"{key}: {where} says {field} {n} but the weights hold {max(held) + 1} layers; "
                         "restore the config.json that belongs to these weights")
     return n
 
