@@ -174,11 +174,7 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Tokens], *, max_ne
         next_pos = positions[:, -1] + 1
         for _ in range(max_new_tokens):
             tokens = logits.argmax(dim=-1)
-            keep = []
-            for r, (row, tok) in enumerate(zip(rows, tokens.tolist(), strict=True)):
-                generated[row].append(tok)
-                if tok not in eos_ids and len(generated[row]) < max_new_tokens and not finished(row, generated[row]):
-                    keep.append(r)
+            keep = _step(rows, tokens, generated, max_new_tokens, eos_ids, finished)
             if not keep:
                 break
             if len(keep) < len(rows):
@@ -193,6 +189,17 @@ def greedy_generate(model: torch.nn.Module, prompts: Sequence[Tokens], *, max_ne
     return generated
 
 
+def _step(rows: list[int], tokens: torch.Tensor, generated: list[list[int]], max_new_tokens: int, eos_ids: set[int],
+          finished: Callable[[int, list[int]], bool]) -> list[int]:
+    """Append each running row's next token; the batch positions of the rows that go on (no EOS, stop or limit)."""
+    keep = []
+    for r, (row, tok) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+        generated[row].append(tok)
+        if tok not in eos_ids and len(generated[row]) < max_new_tokens and not finished(row, generated[row]):
+            keep.append(r)
+    return keep
+
+
 def _greedy_uncached(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                      max_new_tokens: int, eos_ids: set[int], finished: Callable[[int, list[int]], bool]) -> list[list[int]]:
     """greedy_generate without a cache: the whole sequence runs again at every step (cache-unsafe models)."""
@@ -202,11 +209,7 @@ def _greedy_uncached(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tens
         for _ in range(max_new_tokens):
             logits = model(ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1).logits
             tokens = logits[:, -1].argmax(dim=-1)
-            keep = []
-            for r, (row, tok) in enumerate(zip(rows, tokens.tolist(), strict=True)):
-                generated[row].append(tok)
-                if tok not in eos_ids and len(generated[row]) < max_new_tokens and not finished(row, generated[row]):
-                    keep.append(r)
+            keep = _step(rows, tokens, generated, max_new_tokens, eos_ids, finished)
             if not keep:
                 break
             select = torch.tensor(keep, device=ids.device)

@@ -96,31 +96,35 @@ class CmaesConf(OptimizerConf):
 
 
 @dataclass
-class TpeConf(OptimizerConf):
-    """optimizer=tpe: Optuna's TPESampler; multi_objective = one objective per task."""
+class MultiObjectiveConf(OptimizerConf):
+    """An optimizer that can also search one objective per task (multi_objective=true)."""
+
+    multi_objective: bool = False
+
+
+@dataclass
+class TpeConf(MultiObjectiveConf):
+    """optimizer=tpe: Optuna's TPESampler."""
 
     name: str = "tpe"
-    multi_objective: bool = False
 
 
 @dataclass
-class GpConf(OptimizerConf):
-    """optimizer=gp: Optuna's GPSampler; multi_objective = one objective per task."""
+class GpConf(MultiObjectiveConf):
+    """optimizer=gp: Optuna's GPSampler."""
 
     name: str = "gp"
-    multi_objective: bool = False
 
 
 @dataclass
-class RandomConf(OptimizerConf):
-    """optimizer=random: Optuna's RandomSampler; multi_objective = one objective per task."""
+class RandomConf(MultiObjectiveConf):
+    """optimizer=random: Optuna's RandomSampler."""
 
     name: str = "random"
-    multi_objective: bool = False
 
 
 @dataclass
-class Nsga2Conf(OptimizerConf):
+class Nsga2Conf(MultiObjectiveConf):
     """optimizer=nsga2: Optuna's NSGAIISampler; a Pareto front over the tasks unless multi_objective=false."""
 
     name: str = "nsga2"

@@ -15,8 +15,6 @@ density i is `code < i + 1`, the same bits as bernoulli_mask(shape, d, seed) (sa
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import torch
 
@@ -217,14 +215,8 @@ def dare_codes(n: int, seed: int, ts: list[int], out: np.ndarray | None = None) 
         raise ValueError("thresholds must be at most 255 distinct values, ascending")
     out = np.empty(n, dtype=np.uint8) if out is None else out
     tables = _tables(ts)
-    jobs = [(seed, i // sp.MASK_BLOCK, out[i:i + sp.MASK_BLOCK], tables) for i in range(0, n, sp.MASK_BLOCK)]
-    workers = min(len(jobs), torch.get_num_threads())
-    if workers > 1:  # numpy works without the GIL
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda job: _code_block(*job), jobs))
-    else:
-        for job in jobs:
-            _code_block(*job)
+    sp.run_blocks(_code_block, [(seed, i // sp.MASK_BLOCK, out[i:i + sp.MASK_BLOCK], tables)
+                                for i in range(0, n, sp.MASK_BLOCK)])
     return out
 
 

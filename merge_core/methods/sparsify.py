@@ -142,15 +142,19 @@ def bernoulli_mask(shape: tuple[int, ...], density: float, seed: int) -> torch.T
     flat = keep.numpy()
     threshold = np.uint32(min(max(int(density * 2.0**32), 0), 2**32 - 1))
     blocks = range(0, n, MASK_BLOCK)
-    jobs = [(seed, i // MASK_BLOCK, flat[i : i + MASK_BLOCK], threshold) for i in blocks]
+    run_blocks(_mask_block, [(seed, i // MASK_BLOCK, flat[i : i + MASK_BLOCK], threshold) for i in blocks])
+    return keep.reshape(shape)
+
+
+def run_blocks(fn: Callable[..., None], jobs: list[tuple]) -> None:
+    """fn(*job) for every job, on torch's thread count (numpy draws without the GIL): the seeded mask blocks."""
     workers = min(len(jobs), torch.get_num_threads())
-    if workers > 1:  # numpy draws without the GIL
+    if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda job: _mask_block(*job), jobs))
+            list(pool.map(lambda job: fn(*job), jobs))
     else:
         for job in jobs:
-            _mask_block(*job)
-    return keep.reshape(shape)
+            fn(*job)
 
 
 def della_mask(delta: torch.Tensor, density: float, epsilon: float, generator: torch.Generator) -> torch.Tensor:

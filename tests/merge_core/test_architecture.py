@@ -3,34 +3,23 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from merge_core.architecture import family, get_architecture, layer_count, supported_architectures
 from merge_core.checkpoint import Checkpoint
 from merge_core.errors import UserError
-from merge_core.plan import plan_tensors
-from merge_core.recipe import parse_recipe
 from merge_core.synthetic import make_checkpoint
-
-LAYERS = 4
-CONFIG = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": LAYERS}
-PER_LAYER = 9
-
-
-def _plans(text: str, config=CONFIG, tied: bool = True):
-    recipe = parse_recipe(yaml.safe_load(text), "r.yaml")
-    return {p.out_name: p for p in plan_tensors(recipe, get_architecture(config), config, tied)}
+from tests.merge_core.plans import CONFIG, LAYERS, PER_LAYER, plans_of
 
 
 def test_architectures_as_data() -> None:  # moved from test_plan.py
     assert supported_architectures() == ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]
     text = "merge_method: linear\nparameters: {weight: 1}\nmodels: [{model: a}, {model: b}]"
-    qwen = _plans(text, {"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2})
+    qwen = plans_of(text, {"architectures": ["Qwen2ForCausalLM"], "num_hidden_layers": 2})
     assert "model.layers.1.self_attn.k_proj.bias" in qwen and "model.layers.1.self_attn.o_proj.bias" not in qwen
     assert len(qwen) == 1 + 2 * (PER_LAYER + 3) + 1
-    llama_bias = _plans(text, {**CONFIG, "attention_bias": True})
+    llama_bias = plans_of(text, {**CONFIG, "attention_bias": True})
     assert "model.layers.3.self_attn.o_proj.bias" in llama_bias and "model.layers.0.mlp.up_proj.bias" not in llama_bias
-    mistral = _plans(text, {**CONFIG, "architectures": ["MistralForCausalLM"]}, tied=False)
+    mistral = plans_of(text, {**CONFIG, "architectures": ["MistralForCausalLM"]}, tied=False)
     assert len(mistral) == 1 + LAYERS * PER_LAYER + 2
     with pytest.raises(UserError, match="'GPT2LMHeadModel' is not supported; use a model of one of LlamaForCausalLM"):
         get_architecture({"architectures": ["GPT2LMHeadModel"]})

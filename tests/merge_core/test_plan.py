@@ -18,15 +18,7 @@ from merge_core.errors import UserError
 from merge_core.plan import merge_tensor, plan_tensors, tensor_seed
 from merge_core.recipe import load_recipe, parse_recipe, save_recipe
 from tests.external import require_mergekit
-
-LAYERS = 4
-CONFIG = {"architectures": ["LlamaForCausalLM"], "num_hidden_layers": LAYERS}
-PER_LAYER = 9
-
-
-def _plans(text: str, config=CONFIG, tied: bool = True):
-    recipe = parse_recipe(yaml.safe_load(text), "r.yaml")
-    return {p.out_name: p for p in plan_tensors(recipe, get_architecture(config), config, tied)}
+from tests.merge_core.plans import CONFIG, LAYERS, PER_LAYER, plans_of
 
 
 def _grad(values: list[float], t: float) -> float:
@@ -48,8 +40,8 @@ parameters: {density: 0.6, lambda: [1.0, 2.0], normalize: [{filter: self_attn, v
 
 
 def test_tied_and_untied_tensor_lists() -> None:
-    tied = _plans(GRADIENT, tied=True)
-    untied = _plans(GRADIENT, tied=False)
+    tied = plans_of(GRADIENT, tied=True)
+    untied = plans_of(GRADIENT, tied=False)
     assert len(tied) == 1 + LAYERS * PER_LAYER + 1 and "lm_head.weight" not in tied
     assert set(untied) - set(tied) == {"lm_head.weight"}
     assert untied["lm_head.weight"].inputs == {"a": "lm_head.weight", "b": "lm_head.weight", "base": "lm_head.weight"}
@@ -57,7 +49,7 @@ def test_tied_and_untied_tensor_lists() -> None:
 
 
 def test_gradients_filters_and_precedence() -> None:
-    plans = _plans(GRADIENT)
+    plans = plans_of(GRADIENT)
     for layer in range(LAYERS):
         t = layer / (LAYERS - 1)
         up = plans[f"model.layers.{layer}.mlp.up_proj.weight"]
@@ -90,7 +82,7 @@ slices:
 
 
 def test_slices_map_layers_and_restart_t() -> None:
-    plans = _plans(SLICED)
+    plans = plans_of(SLICED)
     assert plans["model.layers.0.mlp.down_proj.weight"].inputs == {"x": "model.layers.1.mlp.down_proj.weight", "y": "model.layers.0.mlp.down_proj.weight"}
     assert plans["model.layers.2.input_layernorm.weight"].inputs == {"x": "model.layers.3.input_layernorm.weight", "y": "model.layers.2.input_layernorm.weight"}
     assert plans["model.layers.3.self_attn.o_proj.weight"].inputs == {"x": "model.layers.0.self_attn.o_proj.weight", "z": "model.layers.3.self_attn.o_proj.weight"}
@@ -115,13 +107,13 @@ def test_slice_layer_errors(ranges: str, message: str) -> None:
     r = yaml.safe_load(ranges)
     text = "merge_method: linear\nparameters: {weight: 1}\nslices:\n" + "".join(f"  - sources: [{{model: a, layer_range: {x}}}]\n" for x in r)
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        _plans(text)
+        plans_of(text)
 
 
 def test_resolved_della_epsilon_checked() -> None:
     text = "merge_method: della\nbase_model: b\nmodels: [{model: a, parameters: {weight: 1, density: [0.5, 0.1], epsilon: 0.2}}]"
     with pytest.raises(UserError, match=r"r.yaml: a.parameters.epsilon: density 0.1 \+/- epsilon 0.2 leaves \(0, 1\) for model.layers.3"):
-        _plans(text)
+        plans_of(text)
 
 
 def _fetcher(dtype=torch.bfloat16):
@@ -138,7 +130,7 @@ def _fetcher(dtype=torch.bfloat16):
 
 def test_merge_tensor_float32_and_seeded_masks() -> None:
     text = "merge_method: dare_ties\nbase_model: base\nmodels: [{model: a, parameters: {weight: 1, density: 0.5}}, {model: b, parameters: {weight: 0.5, density: 0.5}}]"
-    plans = _plans(text)
+    plans = plans_of(text)
     fetch = _fetcher()
     q0, q1 = plans["model.layers.0.self_attn.q_proj.weight"], plans["model.layers.1.self_attn.q_proj.weight"]
     out = merge_tensor(q0, fetch, seed=3)
@@ -151,7 +143,7 @@ def test_merge_tensor_float32_and_seeded_masks() -> None:
 
 
 def test_merge_tensor_shape_and_value_errors() -> None:
-    plans = _plans("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}, {model: bb, parameters: {weight: -1}}]")
+    plans = plans_of("merge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}, {model: bb, parameters: {weight: -1}}]")
     plan = plans["model.norm.weight"]
     with pytest.raises(UserError, match=r"r.yaml: model.norm.weight: linear weights sum to 0"):
         merge_tensor(plan, _fetcher(), seed=0)
