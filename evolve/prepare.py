@@ -11,7 +11,8 @@ import yaml
 import eval_tasks
 from evolve.errors import UserError
 from evolve.finetune import finetune
-from evolve.smollm2 import convert_smollm2, file_sha256, read_manifest
+from evolve.smollm2 import convert_smollm2, read_manifest
+from merge_core.files import files_sha256
 
 TASKS = ("arith", "units")
 # Chosen by a GPU sweep on the dev splits (docs/demo_prep.md): arith needs ~12 trainable layers and ~100 steps.
@@ -43,7 +44,7 @@ def specialist_manifest(task: str, base: Path, seed: int, hyper: dict) -> dict:
         raise UserError(f"{train}: missing train split; run python {TASKS_DIR / task / 'generate.py'}")
     return {
         "kind": "specialist", "task": task, "seed": seed, "hyper": hyper, "prompt": prompt, "delimiter": delimiter,
-        "train_sha256": file_sha256(train), "base_weights_sha256": (read_manifest(base) or {}).get("weights_sha256"),
+        "train_sha256": files_sha256([train]), "base_weights_sha256": (read_manifest(base) or {}).get("weights_sha256"),
     }
 
 

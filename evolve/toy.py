@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -16,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import eval_tasks
 from merge_core.errors import UserError
-from merge_core.files import share_tree
+from merge_core.files import files_sha256, share_tree
 from merge_core.synthetic import LLAMA32_ROPE
 
 # Bump when training or data layout changes, so every cache built by older code is rebuilt.
@@ -184,14 +183,9 @@ def mc_accuracy(model: LlamaForCausalLM, tok: PreTrainedTokenizerFast, rows: lis
     return correct / len(rows)
 
 
-def _sha256(path: Path) -> str:
-    """Hex sha256 of one file."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _manifest_key(seed: int, options: dict) -> dict:
     """Everything that determines the prepared models: code version, seed, hyper-parameters, training data."""
-    data = {task: _sha256(TASKS_DIR / task / "data" / "train.jsonl") for task in SKILLS.values()}
+    data = {task: files_sha256([TASKS_DIR / task / "data" / "train.jsonl"]) for task in SKILLS.values()}
     return {"format": FORMAT_VERSION, "seed": seed, "options": options, "data": data}
 
 
@@ -209,7 +203,7 @@ def _cached(cache_dir: Path, key: dict) -> dict[str, Path] | None:
     out = {}
     for name, digest in saved.get("weights", {}).items():
         weights = cache_dir / name / "model.safetensors"
-        if not weights.exists() or _sha256(weights) != digest:
+        if not weights.exists() or files_sha256([weights]) != digest:
             return None
         out[name] = cache_dir / name
     return out if set(out) == {"base", *SKILLS} else None
@@ -259,7 +253,7 @@ def prepare(cache_dir: Path, *, seed: int = 0, progress: bool = True, **options:
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp / name, dest)
-        weights[name] = _sha256(dest / "model.safetensors")
+        weights[name] = files_sha256([dest / "model.safetensors"])
     shutil.rmtree(tmp, ignore_errors=True)
     part = cache_dir / "manifest.json.part"
     part.write_text(json.dumps({"key": key, "weights": weights}, indent=2), encoding="utf-8")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from functools import cache
@@ -13,6 +12,7 @@ from safetensors import SafetensorError, safe_open
 
 from merge_core.architecture import family
 from merge_core.errors import UserError
+from merge_core.files import files_sha256
 from merge_core.textfile import read_text
 
 MAX_JSON_BYTES = 1 << 26  # config.json is ~1 KB, a shard index of the largest models a few MB
@@ -187,12 +187,7 @@ class Checkpoint:
     def sha256(self) -> str:
         """SHA-256 over the weight files' bytes (cached)."""
         if self._sha is None:
-            digest = hashlib.sha256()
-            for file in self.files:
-                with open(file, "rb") as fh:
-                    while chunk := fh.read(1 << 24):
-                        digest.update(chunk)
-            self._sha = digest.hexdigest()
+            self._sha = files_sha256(self.files)
         return self._sha
 
     def __repr__(self) -> str:
