@@ -1,13 +1,15 @@
-"""Fused CPU kernels (torch.compile) for TIES / DARE merges: one pass over the sources per trim, one per combine.
+"""Fused kernels (torch.compile) for TIES / DARE merges: one pass over the sources per trim, one per combine.
 
 The eager path (task_arithmetic.py) makes ~30 memory-bound elementwise passes per tensor and source; here the
 magnitude trim is one compiled pass that counts and marks a narrow bracket around the k-th largest |delta| (the
 exact cut is then found among the marked entries), and the sparsify + sign election + normalisation + cast into
-the output is one compiled pass that never materialises a delta or a keep mask. Same keep sets (largest
-magnitudes, ties at the cut to the lowest flat index), same DARE bits, same float32 operation order as the eager
-path, so results match it up to float32 rounding of the L1 rescale sums.
+the output is one compiled pass that never materialises a delta or a keep mask. A source's magnitude keep rule
+(|d| > kth, or == kth up to the cut index) becomes one compare per entry by splitting the span at each cut
+(|d| >= kth before it, |d| >= next float above kth after it); a DARE keep is `code < lim` on bf16 codes. Same keep
+sets (largest magnitudes, ties at the cut to the lowest flat index), same DARE bits, same float32 operation order
+and the same exact L1 rescale norms (l1.py) as the eager path, so results equal it bit for bit.
 
-Used on CPU for tensors of at least FUSED_MIN elements when a C++ compiler works; anything else (CUDA, small
+Used on CPU (and CUDA) for tensors of at least FUSED_MIN elements when torch.compile works; anything else (small
 tensors, a failed compile) runs the eager path. MERGE_CORE_FUSED=0 turns it off, =1 also uses it for small tensors.
 """
 
@@ -16,11 +18,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
-from merge_core.methods import compiled
+from merge_core.methods import compiled, l1
 from merge_core.methods import sparsify as sp
 
+CODE_DTYPE = torch.bfloat16  # DARE codes: inductor loads 8-bit vectors through a slow path; bf16 ones convert in one op
 SPAN = 1 << 24  # flat elements per kernel call: bounds the bool marks, and memory if a kernel ever ran uncompiled
 SAMPLE = 1 << 17  # most values in the random sample that brackets the k-th magnitude
 MARGIN = 4.5  # bracket half-width in standard deviations of the sample quantile: misses ~1 in 100,000 tensors
@@ -31,47 +35,34 @@ def _trim_pass(x: torch.Tensor, b: torch.Tensor, lo: torch.Tensor, hi: torch.Ten
     return (mag > hi).sum(), ((mag >= lo) & (mag <= hi)).to(torch.uint8)
 
 
-def _keep(x: torch.Tensor, bf: torch.Tensor, code: torch.Tensor | None, lim: torch.Tensor, kth: torch.Tensor,
-          cut: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    d = x.float() - bf
-    mag = d.abs()
-    keep = (mag > kth) | ((mag == kth) & (idx <= cut))
-    # DARE: kept where the entry's uint8 code is below lim (a drop mask with lim 1, or precomputed grid codes)
-    return d, keep if code is None else keep & (code < lim)
-
-
-def _l1_pass(x: torch.Tensor, b: torch.Tensor, code: torch.Tensor | None, lim: torch.Tensor, kth: torch.Tensor,
-             cut: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    d, keep = _keep(x, b.float(), code, lim, kth, cut, torch.arange(b.numel(), device=b.device, dtype=start.dtype) + start)
-    mag = d.abs()
-    # float32 sums per span (like the eager path's per chunk), totals in double: float64 sums cost 20 % more
-    return mag.sum(), torch.where(keep, mag, 0.0).sum()
-
-
 def _combine_pass(
-    b: torch.Tensor, xs: list[torch.Tensor], codes: list[torch.Tensor | None], lim: torch.Tensor, kth: torch.Tensor,
-    cut: torch.Tensor, coef: torch.Tensor, w: torch.Tensor, start: torch.Tensor, div: torch.Tensor, lam: torch.Tensor,
+    b: torch.Tensor, xs: list[torch.Tensor], codes: list[torch.Tensor | None], lim: torch.Tensor,
+    thr: torch.Tensor | None, coef: torch.Tensor, w: torch.Tensor, div: torch.Tensor, lam: torch.Tensor,
     consensus: bool, normalize: bool, scale_lam: bool, out: torch.Tensor,
 ) -> None:
-    # the eager path's operations in its order (task_arithmetic.generalized_task_arithmetic), fused
+    # the eager path's operations in its order (task_arithmetic.generalized_task_arithmetic), fused; a source is
+    # kept where its DARE code is below lim, or (magnitude) where |delta| >= its threshold for this piece
     bf = b.float()
-    idx = torch.arange(b.numel(), device=b.device, dtype=start.dtype) + start
     ts = []
     for i, x in enumerate(xs):
-        d, keep = _keep(x, bf, codes[i], lim[i], kth[i], cut[i], idx)
-        ts.append(torch.where(keep, d, 0.0) * coef[i])
+        d = x.float() - bf
+        if codes[i] is not None:
+            d = torch.where(codes[i].float() < lim[i], d, 0.0)
+        elif thr is not None:
+            d = torch.where(d.abs() >= thr[i], d, 0.0)
+        ts.append(d * coef[i])
     mixed = ts[0]
     for t in ts[1:]:
         mixed = mixed + t
     if consensus:
-        majority = torch.where(mixed >= 0, 1.0, -1.0)
-        agree = torch.sign(ts[0]) == majority
-        mixed = ts[0] * agree
-        divisor = agree * w[0]
-        for i, t in enumerate(ts[1:], 1):
-            agree = torch.sign(t) == majority
-            mixed = mixed + t * agree
-            divisor = divisor + agree * w[i]
+        # agree_i = sign(t_i) == (1 if mixed >= 0 else -1), written without the sign: fewer vector ops, same bits
+        positive = mixed >= 0
+        agree = [torch.where(positive, t > 0, t < 0).float() for t in ts]
+        mixed = ts[0] * agree[0]
+        divisor = agree[0] * w[0]
+        for i in range(1, len(ts)):
+            mixed = mixed + ts[i] * agree[i]
+            divisor = divisor + agree[i] * w[i]
         divisor = torch.where(divisor == 0, 1.0, divisor)
     else:
         divisor = div
@@ -87,13 +78,8 @@ _KERNELS: dict[str, Any] = {}
 
 def _kernel(name: str) -> Any:
     if name not in _KERNELS:
-        _KERNELS[name] = compiled.compile_kernel({"trim": _trim_pass, "l1": _l1_pass, "combine": _combine_pass}[name])
+        _KERNELS[name] = compiled.compile_kernel({"trim": _trim_pass, "combine": _combine_pass}[name])
     return _KERNELS[name]
-
-
-def _index_dtype(n: int) -> torch.dtype:
-    # flat indices (and the tie cut, at most n) in int32 when they fit: twice the vector lanes of int64
-    return torch.int32 if n < 2**31 - 1 else torch.int64
 
 
 def _spans(n: int) -> list[tuple[int, int]]:
@@ -168,22 +154,24 @@ def merge(
     kth, cut, codes, lims, coef = [], [], [], [], []
     for m, x, w in zip(others, xs, weights):
         density = float(params[m].get("density", 1.0))
-        code, lim = None, 0
+        code, lim, norms = None, 0.0, None
+        t, c = -1.0, n
         if sparsification == "magnitude":
             # the store knows the sources' own tensor objects (not views of them)
             hit = (store.magnitude_cut(tensors[m], tensors[base], density)
                    if store is not None and 0 < density < 1 else None)
             t, c = hit if hit is not None else _magnitude_cut(x, base_t, density)
-        else:
-            t, c = -1.0, n
-            if sparsification == "random" and density < 1:
-                hit = store.dare_codes(n, seeds[m], density, dev) if store is not None and density > 0 else None
-                if hit is None:  # a drop mask: kept where the code is 0
-                    hit = (torch.logical_not(sp.bernoulli_mask((n,), density, seeds[m])).view(torch.uint8).to(dev), 1)
-                code, lim = hit
+        elif sparsification == "random" and density < 1:
+            hit = (store.dare_codes(tensors[m], tensors[base], seeds[m], density, options["rescale"])
+                   if store is not None and density > 0 else None)
+            if hit is None:  # a drop code: kept where it is 0
+                hit = (torch.logical_not(sp.bernoulli_mask((n,), density, seeds[m])).to(device=dev, dtype=CODE_DTYPE),
+                       1.0, None)
+            code, lim, norms = hit
         scale = None
         if sparsification is not None and density < 1 and options["rescale"]:
-            scale = _l1_scale(x, base_t, code, lim, t, c)
+            before, after = norms if norms is not None else _l1_norms(x, base_t, code, lim, t, c)
+            scale = l1.scale(before, after)
         kth.append(t)
         cut.append(c)
         codes.append(code)
@@ -191,8 +179,7 @@ def merge(
         coef.append(w * (scale if scale is not None else 1.0))
     lam = float(options["lambda"])
     scalars = dict(
-        lim=torch.tensor(lims, dtype=torch.uint8, device=dev),
-        kth=torch.tensor(kth, dtype=torch.float32, device=dev), cut=torch.tensor(cut, dtype=_index_dtype(n), device=dev),
+        lim=torch.tensor(lims, dtype=torch.float32, device=dev),
         coef=torch.tensor(coef, dtype=torch.float32, device=dev), w=torch.tensor(weights, dtype=torch.float32, device=dev),
         div=torch.tensor(div, dtype=torch.float32, device=dev), lam=torch.tensor(lam, dtype=torch.float32, device=dev),
         consensus=consensus == "sum", normalize=bool(options["normalize"]), scale_lam=lam != 1,
@@ -200,25 +187,42 @@ def merge(
     flat_out = out.view(-1)
     combine = _kernel("combine")
     for s, e in _spans(n):
-        combine(base_t[s:e], [x[s:e] for x in xs], [cd[s:e] if cd is not None else None for cd in codes],
-                start=torch.tensor(s, dtype=_index_dtype(n), device=dev), out=flat_out[s:e], **scalars)
+        for lo, hi, thr in _pieces(s, e, kth, cut) if sparsification == "magnitude" else [(s, e, None)]:
+            thr_t = torch.tensor(thr, dtype=torch.float32, device=dev) if thr is not None else None
+            _run(combine, lo, hi, [base_t, *xs, *codes], flat_out, len(xs), thr=thr_t, **scalars)
     return out
 
 
-def _l1_scale(x: torch.Tensor, b: torch.Tensor, code: torch.Tensor | None, lim: int, kth: float, cut: int,
-              eps: float = 1e-7) -> float | None:
-    """Factor that gives the kept delta the whole delta's L1 norm (None when either norm is ~0), as sp.l1_scale."""
-    l1 = _kernel("l1")
-    dev = x.device
-    idx_dtype = _index_dtype(x.numel())
-    kth_t, cut_t = torch.tensor(kth, dtype=torch.float32, device=dev), torch.tensor(cut, dtype=idx_dtype, device=dev)
-    lim_t = torch.tensor(lim, dtype=torch.uint8, device=dev)
-    before = after = 0.0
-    for s, e in _spans(x.numel()):
-        tb, ta = l1(x[s:e], b[s:e], code[s:e] if code is not None else None, lim_t, kth_t, cut_t,
-                    torch.tensor(s, dtype=idx_dtype, device=dev))
-        before += float(tb)
-        after += float(ta)
-    if before < eps or after < eps:
-        return None
-    return before / after
+def _run(kernel: Any, lo: int, hi: int, inputs: list[torch.Tensor | None], out: torch.Tensor, nsrc: int,
+         **kwargs: Any) -> None:
+    """The combine kernel over entries [lo, hi) of the flat inputs (base, sources, codes) into out."""
+    if hi - lo >= 2:
+        part, dst = [t[lo:hi] if t is not None else None for t in inputs], out[lo:hi]
+    else:  # one entry: a length-1 call would make torch.compile specialise and recompile; run it on the entry twice
+        part = [t[lo:hi].repeat(2) if t is not None else None for t in inputs]
+        dst = torch.empty(2, dtype=out.dtype, device=out.device)
+    kernel(part[0], part[1:1 + nsrc], part[1 + nsrc:], out=dst, **kwargs)
+    if hi - lo < 2:
+        out[lo:hi] = dst[:1]
+
+
+def _strict(k: float) -> float:
+    """The threshold t with |d| >= t exactly when |d| > k (float32); for k = +inf (keep nothing) NaN."""
+    return math.nan if k == math.inf else float(np.nextafter(np.float32(k), np.float32(np.inf)))
+
+
+def _pieces(s: int, e: int, kth: list[float], cut: list[int]) -> list[tuple[int, int, list[float]]]:
+    """Pieces [lo, hi) of the span [s, e) with each source's threshold there: a source keeps |d| >= kth up to its
+    cut index and |d| > kth after it, so splitting at every cut turns its tie rule into one compare per entry."""
+    edges = [s, *sorted({c + 1 for c in cut if s < c + 1 < e}), e]
+    return [(lo, hi, [k if hi - 1 <= c else _strict(k) for k, c in zip(kth, cut)]) for lo, hi in zip(edges, edges[1:])]
+
+
+def _l1_norms(x: torch.Tensor, b: torch.Tensor, code: torch.Tensor | None, lim: float, kth: float,
+              cut: int) -> tuple[float, float]:
+    """Exact L1 norms (l1.py) of the whole delta and of its kept entries (code < lim, or the magnitude cut)."""
+    if code is not None:
+        bins = l1.sums(x, b, code=code, lim=lim)
+    else:
+        bins = sum(l1.sums(x[lo:hi], b[lo:hi], thr=thr[0]) for lo, hi, thr in _pieces(0, x.numel(), [kth], [cut]))
+    return l1.value(bins), l1.value(bins[1])

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from merge_core.methods import cuts
+from merge_core.methods import cuts, fused, l1
 
+CODE_BYTES = 2  # one bf16 code per entry and source (fused.CODE_DTYPE)
 GRID_STEP = 0.01  # the genome's Optuna step for densities
 GRID = tuple(j / 100 for j in range(1, 100))  # densities 0 and 1 need no table
-VERSION = "trims-v1"  # part of every key: a change of the grid or of the rules makes old files unused
+VERSION = "trims-v2"  # part of every key: a change of the grid or of the rules makes old files unused
 
 _STORES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # Sources -> TrimStore
 _CURRENT: ContextVar[TrimStore | None] = ContextVar("merge_core_trims", default=None)
@@ -38,7 +39,8 @@ _CURRENT: ContextVar[TrimStore | None] = ContextVar("merge_core_trims", default=
 class TrimStore:
     """Grid trims of one search's sources, in memory and (with `folder`) on disk; `stats` says what they cost."""
 
-    def __init__(self, sources: Any, folder: str | Path | None = None, grid: tuple[float, ...] = GRID) -> None:
+    def __init__(self, sources: Any, folder: str | Path | None = None, grid: tuple[float, ...] = GRID,
+                 code_budget: int | None = None) -> None:
         self.sources = sources
         self.folder = Path(folder) if folder is not None else None
         self.grid = tuple(sorted(grid))
@@ -46,9 +48,12 @@ class TrimStore:
         self.thresholds = sorted(set(cuts.thresholds(cuts.near(list(self.grid)))))
         self._mag: dict[str, tuple[dict[int, int], list[float], list[int]]] = {}
         self._dare: dict[str, torch.Tensor] = {}
+        self._norms: dict[str, list[float]] = {}
+        self.code_budget = memory_budget(sources) if code_budget is None else code_budget
         self._labels: dict[int, tuple[str, weakref.ref]] = {}
         self._labelled = -1
-        self.stats = {"seconds": 0.0, "bytes_disk": 0, "bytes_memory": 0, "hits": 0, "misses": 0, "computed": 0}
+        self.stats = {"seconds": 0.0, "bytes_disk": 0, "bytes_memory": 0, "hits": 0, "misses": 0, "computed": 0,
+                      "over_budget": 0}
 
     def _label(self, t: torch.Tensor) -> str | None:
         """'<checkpoint sha256>:<tensor name>' of a cached source tensor (None: not one of the sources' tensors)."""
@@ -103,34 +108,88 @@ class TrimStore:
             self.stats["bytes_disk"] += path.stat().st_size
         return {k: i for i, k in enumerate(ks)}, kth, cut
 
-    def dare_codes(self, n: int, seed: int, density: float, device: torch.device) -> tuple[torch.Tensor, int] | None:
-        """(codes, lim): the DARE keep mask of this density and seed is `codes < lim`; None when off the grid."""
+    def dare_codes(self, x: torch.Tensor, b: torch.Tensor, seed: int, density: float,
+                   rescale: bool) -> tuple[torch.Tensor, float, tuple[float, float] | None] | None:
+        """(codes, lim, norms): the DARE keep mask of this density and seed is `codes < lim`, and with `rescale`
+        norms = the exact L1 norms (l1.py) of the whole delta and of its kept entries; None when off the grid or
+        when the codes would not fit in the memory budget."""
+        n, dev = x.numel(), x.device
         threshold = cuts.thresholds([density])[0]
         try:
             lim = self.thresholds.index(threshold) + 1
         except ValueError:
             self.stats["misses"] += 1
             return None
-        key = f"{VERSION}|dare|{n}|{seed}|{device}"
+        key = f"{VERSION}|dare|{n}|{seed}|{dev}"
         codes = self._dare.get(key)
         if codes is None:
-            codes = self._dare[key] = self._load_or_compute_codes(key, n, seed).to(device)
-            self.stats["bytes_memory"] += n
+            nbytes = n * CODE_BYTES
+            if self.stats["bytes_memory"] + nbytes > self.code_budget:
+                self.stats["over_budget"] += 1
+                return None
+            codes = self._dare[key] = self._load_or_compute_codes(key, n, seed).to(dev)
+            self.stats["bytes_memory"] += nbytes
+        norms = None
+        if rescale:
+            lx, lb = self._label(x), self._label(b)
+            if lx is None or lb is None:
+                return None
+            nkey = f"{VERSION}|norms|{lx}|{lb}|{n}|{seed}"
+            table = self._norms.get(nkey)
+            if table is None:
+                table = self._norms[nkey] = self._load_or_compute_norms(nkey, x, b, codes)
+            norms = (table[0], table[lim])
         self.stats["hits"] += 1
-        return codes, lim
+        return codes, float(lim), norms
 
     def _load_or_compute_codes(self, key: str, n: int, seed: int) -> torch.Tensor:
-        path = self._path(key.rsplit("|", 1)[0], ".u8")
-        if path is not None and path.is_file() and path.stat().st_size == n:
-            return torch.from_numpy(np.memmap(path, dtype=np.uint8, mode="c", shape=(n,)))
+        path = self._path(key.rsplit("|", 1)[0], ".codes")
+        if path is not None and path.is_file() and path.stat().st_size == n * CODE_BYTES:
+            return _mapped(path, n)
         t = time.perf_counter()
-        codes = cuts.dare_codes(n, seed, self.thresholds)
+        codes = torch.from_numpy(cuts.dare_codes(n, seed, self.thresholds)).to(fused.CODE_DTYPE)
+        self.stats["seconds"] += time.perf_counter() - t
+        self.stats["computed"] += 1
+        if path is None:
+            return codes
+        _write(path, codes.view(torch.int16).numpy().tobytes())
+        self.stats["bytes_disk"] += n * CODE_BYTES
+        return _mapped(path, n)  # file-backed pages: the kernel may drop and reread them under memory pressure
+
+    def _load_or_compute_norms(self, key: str, x: torch.Tensor, b: torch.Tensor, codes: torch.Tensor) -> list[float]:
+        # [L1 of the whole delta, then of the entries kept at lim = 1, 2, ...]: exact sums per code, added up
+        path = self._path(key, ".json")
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("key") == key:
+                return data["norms"]
+        t = time.perf_counter()
+        per_code = l1.sums(x, b, code=codes, groups=len(self.thresholds) + 1)
+        below = per_code.cumsum(0)
+        norms = [l1.value(below[-1])] + [l1.value(below[lim - 1]) for lim in range(1, len(self.thresholds) + 1)]
         self.stats["seconds"] += time.perf_counter() - t
         self.stats["computed"] += 1
         if path is not None:
-            _write(path, codes.tobytes())
-            self.stats["bytes_disk"] += n
-        return torch.from_numpy(codes)
+            _write(path, json.dumps({"key": key, "norms": norms}).encode())
+            self.stats["bytes_disk"] += path.stat().st_size
+        return norms
+
+
+def _mapped(path: Path, n: int) -> torch.Tensor:
+    return torch.from_numpy(np.memmap(path, dtype=np.int16, mode="c", shape=(n,))).view(fused.CODE_DTYPE)
+
+
+def memory_budget(sources: Any) -> int:
+    """Bytes of DARE codes a store may hold: what the machine has available beyond the sources' own files (which a
+    search keeps in the page cache), halved to leave room for everything else; unlimited where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        available = info["MemAvailable"]
+    except (OSError, KeyError, ValueError, IndexError):
+        return 1 << 62
+    files = sum(p.stat().st_size for ck in sources.models.values() for p in ck.files)
+    return max(0, (available - files) // 2)
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from merge_core.methods import l1
 from merge_core.methods.chunks import row_chunks
 
 Delta = Callable[[slice], torch.Tensor]
@@ -179,12 +180,8 @@ def della_mask(delta: torch.Tensor, density: float, epsilon: float, generator: t
 
 
 def l1_scale(delta: Delta, shape: tuple[int, ...], keep: torch.Tensor, eps: float = 1e-7) -> float | None:
-    """Factor that gives the masked delta the whole delta's L1 norm (None when either norm is ~0)."""
-    before = after = 0.0
-    for s in row_chunks(shape):
-        d = delta(s).abs_()  # a fresh float32 tensor: float32 sums per chunk (torch sums pairwise), totals in double
-        before += float(d.sum())
-        after += float(d.mul_(keep[s]).sum())
-    if before < eps or after < eps:
-        return None
-    return before / after
+    """Factor that gives the masked delta the whole delta's L1 norm (None when either norm is ~0).
+
+    Both norms are exact sums (l1.py), the same floats the fused kernels and the per-search trims compute."""
+    bins = sum(l1.sums(delta(s), None, code=torch.logical_not(keep[s]), lim=1.0) for s in row_chunks(shape))
+    return l1.scale(l1.value(bins), l1.value(bins[1]), eps)
