@@ -18,13 +18,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from merge_core.methods import compiled
+from merge_core.methods import compiled, counting
 from merge_core.methods import sparsify as sp
 
 SPAN = 1 << 24  # flat elements per streamed span: bounds the int32 scratch
 LOW = 12  # low bits of a magnitude resolved by the second histogram
 NHI = 1 << (31 - LOW)  # bins of the first histogram (the sign bit of a magnitude is 0)
-BLOCK = 1 << 16  # granularity at which the position of a tie is counted before it is searched
+LOG_BLOCK = 16
+BLOCK = 1 << LOG_BLOCK  # granularity at which the position of a tie is counted before it is searched
 
 
 def _spans(n: int) -> list[tuple[int, int]]:
@@ -52,8 +53,9 @@ def _tie_keys(x: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, vals: torch.
     # entries equal to a searched value: block * nvals + the value's slot; the rest: one dummy key
     u = _bits(x, b)
     sl = slot[(u >> LOW).long()]
-    idx = torch.arange(u.numel(), device=u.device) + start
-    return torch.where(vals[sl.long()] == u, (idx // BLOCK) * nvals + sl, dummy)
+    # block of each entry by a shift of an int32 position (an int64 floor division is a scalar loop in inductor)
+    block = (torch.arange(u.numel(), device=u.device, dtype=torch.int32) + start) >> LOG_BLOCK
+    return torch.where(vals[sl.long()] == u, block * nvals + sl, dummy)
 
 
 _COMPILED: dict[str, object] = {}
@@ -80,7 +82,7 @@ def _kernel(fn):  # noqa: ANN001, ANN202
 
 def _count(keys: torch.Tensor, bins: int) -> torch.Tensor:
     # counted where the keys are (CUDA has bincount too); the dummy key (== bins) is dropped
-    return torch.bincount(keys.reshape(-1), minlength=bins)[:bins].cpu()
+    return counting.bincount(keys, bins)
 
 
 def _top_index(counts: torch.Tensor, ranks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,9 +152,9 @@ def _tie_indices(x: torch.Tensor, b: torch.Tensor, pending: list[tuple[int, int,
             if not any(todo.values()):
                 break
             nblocks = -(-(e - s) // BLOCK)
-            dummy = torch.tensor(nblocks * nv, dtype=torch.int64, device=dev)
-            keys = _kernel(_tie_keys)(x[s:e], b[s:e], slot, vals, torch.tensor(0, device=dev),
-                                      torch.tensor(nv, device=dev), dummy)
+            dummy = torch.tensor(nblocks * nv, dtype=torch.int32, device=dev)
+            keys = _kernel(_tie_keys)(x[s:e], b[s:e], slot, vals, torch.tensor(0, dtype=torch.int32, device=dev),
+                                      torch.tensor(nv, dtype=torch.int32, device=dev), dummy)
             per_block = _count(keys, nblocks * nv).view(nblocks, nv)
             u = None  # the span's magnitude bits, computed once if some tie lies in it
             for j, v in enumerate(values):

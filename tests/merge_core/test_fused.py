@@ -102,3 +102,17 @@ def test_auto_mode_leaves_small_and_non_cpu_tensors_eager(monkeypatch) -> None:
     assert not compiled.usable(big.to("meta"), None, big.numel())
     monkeypatch.setenv("MERGE_CORE_FUSED", "0")
     assert not compiled.usable(big, None, big.numel())
+
+
+def test_cuts_one_entry_apart_split_the_span_into_a_one_entry_piece(monkeypatch) -> None:
+    # every |delta| equal: the cut of k kept entries is index k - 1, so cuts 299 and 300 leave the piece [300, 301)
+    monkeypatch.setattr(compiled, "_broken", [])
+    gen = torch.Generator().manual_seed(4)
+    n = 1024
+    tensors = {"base": torch.zeros(n), **{m: torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1 for m in "ab"}}
+    params = {"a": {"weight": 0.6, "density": 300 / n}, "b": {"weight": 0.4, "density": 301 / n}}
+    assert [p[:2] for p in fused._pieces(0, n, [1.0, 1.0], [299, 300])] == [(0, 300), (300, 301), (301, n)]
+    eager = _merge("ties", tensors, params, {}, "0", monkeypatch)
+    fast = _merge("ties", tensors, params, {}, "1", monkeypatch)
+    assert not compiled._broken, compiled._broken
+    assert torch.equal(fast, eager)

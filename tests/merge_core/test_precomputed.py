@@ -24,6 +24,7 @@ def small(monkeypatch):
     monkeypatch.setattr(fused, "SAMPLE", 512)
     monkeypatch.setattr(cuts, "SPAN", 5000)
     monkeypatch.setattr(cuts, "BLOCK", 512)
+    monkeypatch.setattr(cuts, "LOG_BLOCK", 9)
 
 
 def _pair(kind: str, n: int = 30_011) -> tuple[torch.Tensor, torch.Tensor]:
