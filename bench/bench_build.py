@@ -9,7 +9,9 @@ per-search trims it is the *precomputing* trial, reported apart), `steady` = med
 (what every later trial of a search pays; for ties/dare_ties successive trials have different densities on the
 0.01 grid, as a search's do), `exact` = one build through the exact path (no per-search trims: what `evolve merge`
 of a recipe and every trial before this issue paid), then the ratios the issue asks for: linear/task_arithmetic
-`steady / limit` (target <= 1.3), ties `steady / task_arithmetic` (<= 2) and dare_ties (<= 3).
+`steady / limit` (target <= 1.3), ties `steady / task_arithmetic` (<= 2) and dare_ties (<= 3), taken from
+`side by side` = the median of --repeats further steady trials of every method, alternated (one trial of each, in
+turn), so that the machine's speed drifting between the methods' own runs does not enter the ratios.
 
 Floors (the same plans' source tensors into the live model's bf16 parameters): `limit` = bytes read and written
 (each source tensor read once, each output written once) at the machine's copy bandwidth (best of 5 copies of a
@@ -181,7 +183,7 @@ def bench_size(size: str, args: argparse.Namespace) -> tuple[list[list[str]], li
     paths = ensure_models(args.cache, size)
     layers = SIZES[size]["layers"]
     model = None
-    rows, notes, steady_of = [], [], {}
+    rows, notes, steady_of, runs = [], [], {}, {}
     for method in args.methods:
         recipe = parse_recipe(recipe_dict(method, paths, layers), f"bench:{method}")
         sources = Sources.open(recipe, check_finite=False)
@@ -217,13 +219,7 @@ def bench_size(size: str, args: argparse.Namespace) -> tuple[list[list[str]], li
             times.append(time.perf_counter() - t)
         steady = statistics.median(times[1:])
         steady_of[method] = steady
-        if method in ("linear", "task_arithmetic"):
-            target = f"{steady / limit:.2f}x limit (<= 1.3)"
-        elif "task_arithmetic" in steady_of:
-            bound = 2 if method == "ties" else 3
-            target = f"{steady / steady_of['task_arithmetic']:.2f}x task_arithmetic (<= {bound})"
-        else:
-            target = "-"
+        runs[method] = sources
         if sparse:
             st = store.stats
             pays = (times[0] - steady) / (exact - steady) if exact > steady else float("inf")
@@ -236,8 +232,30 @@ def bench_size(size: str, args: argparse.Namespace) -> tuple[list[list[str]], li
               f"{'-' if exact is None else f'{exact:.2f}s'} limit {limit:.3f}s (load {load_line()})", flush=True)
         mk = mergekit_seconds(recipe_dict(method, paths, layers), args.mergekit_timeout) if method in args.mergekit_methods else None
         rows.append([size, method, f"{times[0]:.2f}", f"{steady:.3f}", "-" if exact is None else f"{exact:.2f}",
-                     f"{limit:.3f}", f"{steady / limit:.2f}", target,
-                     "-" if mk is None else f"{mk[0]:.1f} ({mk[0] / steady:.0f}x)"])
+                     f"{limit:.3f}", "-" if mk is None else f"{mk[0]:.1f} ({mk[0] / steady:.0f}x)"])
+    # side by side: the methods' steady trials alternated, so a drift of the machine's speed between the methods'
+    # runs above (minutes apart, the precomputation between them) does not enter their ratios
+    side = {m: [] for m in runs}
+    for trial in range(1, args.repeats + 1):
+        for method, sources in runs.items():
+            r = parse_recipe(recipe_dict(method, paths, layers, trial=trial), f"bench:{method}:{trial}")
+            _sync(DEVICE)
+            t = time.perf_counter()
+            merge_into(model, r, sources)
+            _sync(DEVICE)
+            side[method].append(time.perf_counter() - t)
+    side_of = {m: statistics.median(v) for m, v in side.items()}
+    for row in rows:
+        method = row[1]
+        s_ = side_of[method]
+        if method in ("linear", "task_arithmetic"):
+            target = f"{s_ / limit:.2f}x limit (<= 1.3)"
+        elif "task_arithmetic" in side_of:
+            bound = 2 if method == "ties" else 3
+            target = f"{s_ / side_of['task_arithmetic']:.2f}x task_arithmetic (<= {bound})"
+        else:
+            target = "-"
+        row[6:6] = [f"{s_:.3f}", f"{s_ / limit:.2f}", target]
     return rows, notes
 
 
@@ -276,8 +294,8 @@ def main() -> int:
     print(f"load after: {load_line()}")
     for line in notes:
         print(line)
-    print_table(["size", "method", "first s", "steady s", "exact s", "limit s", "steady / limit", "target",
-                 "mergekit run_merge s (/ steady)"], rows)
+    print_table(["size", "method", "first s", "steady s", "exact s", "limit s", "side by side s", "side / limit",
+                 "target (side by side)", "mergekit run_merge s (/ steady)"], rows)
     return 0
 
 

@@ -55,14 +55,15 @@ def _combine_pass(
     for t in ts[1:]:
         mixed = mixed + t
     if consensus:
-        # agree_i = sign(t_i) == (1 if mixed >= 0 else -1), written without the sign: fewer vector ops, same bits
-        positive = mixed >= 0
-        agree = [torch.where(positive, t > 0, t < 0).float() for t in ts]
-        mixed = ts[0] * agree[0]
-        divisor = agree[0] * w[0]
+        # agree_i = sign(t_i) == majority, written as t_i * majority > 0 (fewer vector ops, the same truth values,
+        # NaN and zeros included); the kept terms stay products, so zero signs are the eager path's
+        majority = torch.where(mixed >= 0, 1.0, -1.0)
+        agree = [t * majority > 0 for t in ts]
+        mixed = ts[0] * agree[0].float()
+        divisor = torch.where(agree[0], w[0], 0.0)  # w * agree but for the sign of a zero, which becomes 1 below
         for i in range(1, len(ts)):
-            mixed = mixed + ts[i] * agree[i]
-            divisor = divisor + agree[i] * w[i]
+            mixed = mixed + ts[i] * agree[i].float()
+            divisor = divisor + torch.where(agree[i], w[i], 0.0)
         divisor = torch.where(divisor == 0, 1.0, divisor)
     else:
         divisor = div
