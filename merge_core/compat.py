@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from functools import cache
 from typing import Any
 
@@ -59,7 +60,8 @@ def meaning(config: dict[str, Any]) -> dict[str, Any]:
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return float(a) == float(b)
+        # a value that went through float32 (a GGUF conversion's rms_norm_eps 9.999999747e-06) is the same setting
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=0.0)
     return a == b
 
 

@@ -76,6 +76,13 @@ def test_same_meaning_spelled_differently_is_accepted(tiny_models, tmp_path):
     Sources.open(parse_recipe(_ties(tiny_models["base"], old)))
 
 
+def test_a_float32_rounded_eps_is_the_same_setting(tiny_models, tmp_path):
+    # a GGUF conversion stores rms_norm_eps 1e-5 as float32: 9.999999747378752e-06 is not a different model
+    rounded = _variant(tiny_models["ft_a"], tmp_path / "rounded", rms_norm_eps=float(torch.tensor(1e-5)))
+    assert float(torch.tensor(1e-5)) != 1e-5
+    Sources.open(parse_recipe(_ties(tiny_models["base"], rounded)))
+
+
 def test_max_positions_is_a_warning(tiny_models, tmp_path, caplog):
     other = _variant(tiny_models["ft_a"], tmp_path / "short", max_position_embeddings=8192)
     with caplog.at_level("WARNING", logger="merge_core.compat"):
