@@ -21,6 +21,7 @@ import torch
 from merge_core.methods import compiled, counting
 from merge_core.methods import sparsify as sp
 
+CODE_DTYPE = torch.bfloat16  # DARE codes as the kernels read them: inductor loads 8-bit vectors through a slow path
 SPAN = 1 << 24  # flat elements per streamed span: bounds the int32 scratch
 LOW = 12  # low bits of a magnitude resolved by the second histogram
 NHI = 1 << (31 - LOW)  # bins of the first histogram (the sign bit of a magnitude is 0)

@@ -21,10 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from merge_core.methods import compiled, l1
+from merge_core.methods import compiled, cuts, l1
 from merge_core.methods import sparsify as sp
 
-CODE_DTYPE = torch.bfloat16  # DARE codes: inductor loads 8-bit vectors through a slow path; bf16 ones convert in one op
 SPAN = 1 << 24  # flat elements per kernel call: bounds the bool marks, and memory if a kernel ever ran uncompiled
 SAMPLE = 1 << 17  # most values in the random sample that brackets the k-th magnitude
 MARGIN = 4.5  # bracket half-width in standard deviations of the sample quantile: misses ~1 in 100,000 tensors
@@ -166,7 +165,7 @@ def merge(
             hit = (store.dare_codes(tensors[m], tensors[base], seeds[m], density, options["rescale"])
                    if store is not None and density > 0 else None)
             if hit is None:  # a drop code: kept where it is 0
-                hit = (torch.logical_not(sp.bernoulli_mask((n,), density, seeds[m])).to(device=dev, dtype=CODE_DTYPE),
+                hit = (torch.logical_not(sp.bernoulli_mask((n,), density, seeds[m])).to(device=dev, dtype=cuts.CODE_DTYPE),
                        1.0, None)
             code, lim, norms = hit
         scale = None

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from merge_core.methods import cuts, fused, l1
+from merge_core.methods import cuts, l1
 
-CODE_BYTES = 2  # one bf16 code per entry and source (fused.CODE_DTYPE)
+CODE_BYTES = 2  # one bf16 code per entry and source (cuts.CODE_DTYPE)
 GRID_STEP = 0.01  # the genome's Optuna step for densities
 GRID = tuple(j / 100 for j in range(1, 100))  # densities 0 and 1 need no table
 VERSION = "trims-v2"  # part of every key: a change of the grid or of the rules makes old files unused
@@ -147,7 +147,7 @@ class TrimStore:
         if path is not None and path.is_file() and path.stat().st_size == n * CODE_BYTES:
             return _mapped(path, n)
         t = time.perf_counter()
-        codes = torch.from_numpy(cuts.dare_codes(n, seed, self.thresholds)).to(fused.CODE_DTYPE)
+        codes = torch.from_numpy(cuts.dare_codes(n, seed, self.thresholds)).to(cuts.CODE_DTYPE)
         self.stats["seconds"] += time.perf_counter() - t
         self.stats["computed"] += 1
         if path is None:
@@ -176,7 +176,7 @@ class TrimStore:
 
 
 def _mapped(path: Path, n: int) -> torch.Tensor:
-    return torch.from_numpy(np.memmap(path, dtype=np.int16, mode="c", shape=(n,))).view(fused.CODE_DTYPE)
+    return torch.from_numpy(np.memmap(path, dtype=np.int16, mode="c", shape=(n,))).view(cuts.CODE_DTYPE)
 
 
 def memory_budget(sources: Any) -> int:
