@@ -46,9 +46,8 @@ class TrimStore:
         self.grid = tuple(sorted(grid))
         self.ks_grid = cuts.near(list(self.grid))
         self.thresholds = sorted(set(cuts.thresholds(cuts.near(list(self.grid)))))
-        self._mag: dict[str, tuple[dict[int, int], list[float], list[int]]] = {}
+        self._tables: dict[str, dict[str, Any]] = {}
         self._dare: dict[str, torch.Tensor] = {}
-        self._norms: dict[str, list[float]] = {}
         self.code_budget = memory_budget(sources) if code_budget is None else code_budget
         self._labels: dict[int, tuple[str, weakref.ref]] = {}
         self._labelled = -1
@@ -77,36 +76,42 @@ class TrimStore:
         """(kth, cut) of fused._magnitude_cut for this density, from the grid table; None when off the grid."""
         n = x.numel()
         k = max(1, int(density * n))
-        lx, lb = self._label(x), self._label(b)
-        if lx is None or lb is None:
-            return None
-        key = f"{VERSION}|mag|{lx}|{lb}|{n}"
-        entry = self._mag.get(key)
-        if entry is None:
-            entry = self._mag[key] = self._load_or_compute_mag(key, x, b)
-        at = entry[0].get(k)
+
+        def compute() -> dict[str, Any]:
+            ks = cuts.ks_for(n, self.ks_grid)
+            kth, cut = cuts.magnitude_cuts(x, b, ks)
+            # repr of a float round-trips exactly through JSON
+            return {"k": ks, "kth": kth, "cut": cut}
+
+        table = self._table("mag", x, b, str(n), compute)
+        at = table["at"].get(k) if table is not None else None
         if at is None:
             self.stats["misses"] += 1
             return None
         self.stats["hits"] += 1
-        return entry[1][at], entry[2][at]
+        return table["kth"][at], table["cut"][at]
 
-    def _load_or_compute_mag(self, key: str, x: torch.Tensor, b: torch.Tensor) -> tuple[dict[int, int], list[float], list[int]]:
-        path = self._path(key, ".json")
-        if path is not None and path.is_file():
-            data = json.loads(path.read_text())
-            if data.get("key") == key:
-                return {k: i for i, k in enumerate(data["k"])}, data["kth"], data["cut"]
-        t = time.perf_counter()
-        ks = cuts.ks_for(x.numel(), self.ks_grid)
-        kth, cut = cuts.magnitude_cuts(x, b, ks)
-        self.stats["seconds"] += time.perf_counter() - t
-        self.stats["computed"] += 1
-        if path is not None:
-            # kth as float32 bit patterns would also do; repr of a float round-trips exactly through JSON
-            _write(path, json.dumps({"key": key, "k": ks, "kth": kth, "cut": cut}).encode())
-            self.stats["bytes_disk"] += path.stat().st_size
-        return {k: i for i, k in enumerate(ks)}, kth, cut
+    def _table(self, kind: str, x: torch.Tensor, b: torch.Tensor, extra: str, compute: Any) -> dict[str, Any] | None:
+        """The JSON table `kind` of source x against base b (memory, else disk, else compute() once and write it);
+        None when x or b is not one of the sources' own tensors."""
+        lx, lb = self._label(x), self._label(b)
+        if lx is None or lb is None:
+            return None
+        key = f"{VERSION}|{kind}|{lx}|{lb}|{extra}"
+        table = self._tables.get(key)
+        if table is None:
+            path = self._path(key, ".json")
+            data = json.loads(path.read_text()) if path is not None and path.is_file() else {}
+            if data.get("key") != key:
+                t = time.perf_counter()
+                data = {"key": key, **compute()}
+                self.stats["seconds"] += time.perf_counter() - t
+                self.stats["computed"] += 1
+                if path is not None:
+                    _write(path, json.dumps(data).encode())
+                    self.stats["bytes_disk"] += path.stat().st_size
+            table = self._tables[key] = {**data, "at": {k: i for i, k in enumerate(data.get("k", []))}}
+        return table
 
     def dare_codes(self, x: torch.Tensor, b: torch.Tensor, seed: int, density: float,
                    rescale: bool) -> tuple[torch.Tensor, float, tuple[float, float] | None] | None:
@@ -131,14 +136,15 @@ class TrimStore:
             self.stats["bytes_memory"] += nbytes
         norms = None
         if rescale:
-            lx, lb = self._label(x), self._label(b)
-            if lx is None or lb is None:
-                return None
-            nkey = f"{VERSION}|norms|{lx}|{lb}|{n}|{seed}"
-            table = self._norms.get(nkey)
+            # [L1 of the whole delta, then of the entries kept at lim = 1, 2, ...]: exact sums per code, added up
+            def compute() -> dict[str, Any]:
+                below = l1.sums(x, b, code=codes, groups=len(self.thresholds) + 1).cumsum(0)
+                return {"norms": [l1.value(below[-1])] + [l1.value(below[i - 1]) for i in range(1, len(self.thresholds) + 1)]}
+
+            table = self._table("norms", x, b, f"{n}|{seed}", compute)
             if table is None:
-                table = self._norms[nkey] = self._load_or_compute_norms(nkey, x, b, codes)
-            norms = (table[0], table[lim])
+                return None
+            norms = (table["norms"][0], table["norms"][lim])
         self.stats["hits"] += 1
         return codes, float(lim), norms
 
@@ -155,24 +161,6 @@ class TrimStore:
         _write(path, codes.view(torch.int16).numpy().tobytes())
         self.stats["bytes_disk"] += n * CODE_BYTES
         return _mapped(path, n)  # file-backed pages: the kernel may drop and reread them under memory pressure
-
-    def _load_or_compute_norms(self, key: str, x: torch.Tensor, b: torch.Tensor, codes: torch.Tensor) -> list[float]:
-        # [L1 of the whole delta, then of the entries kept at lim = 1, 2, ...]: exact sums per code, added up
-        path = self._path(key, ".json")
-        if path is not None and path.is_file():
-            data = json.loads(path.read_text())
-            if data.get("key") == key:
-                return data["norms"]
-        t = time.perf_counter()
-        per_code = l1.sums(x, b, code=codes, groups=len(self.thresholds) + 1)
-        below = per_code.cumsum(0)
-        norms = [l1.value(below[-1])] + [l1.value(below[lim - 1]) for lim in range(1, len(self.thresholds) + 1)]
-        self.stats["seconds"] += time.perf_counter() - t
-        self.stats["computed"] += 1
-        if path is not None:
-            _write(path, json.dumps({"key": key, "norms": norms}).encode())
-            self.stats["bytes_disk"] += path.stat().st_size
-        return norms
 
 
 def _mapped(path: Path, n: int) -> torch.Tensor:
