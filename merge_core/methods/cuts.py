@@ -10,7 +10,8 @@ tie looked for, block by block. Three streaming passes per tensor and source, wh
 
 DARE codes: an entry is kept at density d when its uniform 32-bit draw u is below T(d) = int(d * 2^32); with the
 sorted thresholds T_0 < T_1 < ... of the densities, code(u) = #{i: T_i <= u} (at most 255; kept as bf16 for the
-kernels, see CODE_DTYPE), so the keep mask of density i is `code < i + 1`, the same bits as bernoulli_mask(shape, d, seed) (same PCG64 streams per block).
+kernels, see CODE_DTYPE), so the keep mask of density i is `code < i + 1`, the same bits as
+bernoulli_mask(shape, d, seed) (same PCG64 streams per block).
 """
 
 from __future__ import annotations
