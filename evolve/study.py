@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +55,7 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         try:
             with _creation_lock(url):
-                storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
-                    grace_period=int(cfg.grace_period),
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-                )
+                storage = _rdb_storage(url, engine, cfg)
                 if url.startswith("sqlite"):
                     _use_wal(storage)
                 return storage
@@ -68,6 +65,29 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
             if type(exc).__module__.split(".")[0] != "sqlalchemy":
                 raise
             raise cannot_open(url, exc) from None
+
+
+CREATE_RETRIES = 5  # workers creating a server database's schema at once: the losers retry on the tables made
+
+
+def _rdb_storage(url: str, engine: dict, cfg: DictConfig) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage; a schema race with another worker (e.g. PostgreSQL's duplicate `studydirection` type:
+    optuna creates its tables without a lock) is retried, finding the tables the other worker made."""
+    import sqlalchemy.exc
+
+    for attempt in range(CREATE_RETRIES):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=engine, heartbeat_interval=int(cfg.heartbeat_interval),
+                grace_period=int(cfg.grace_period),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            text = str(exc).lower()
+            if attempt + 1 == CREATE_RETRIES or not ("already exists" in text or "duplicate" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _use_wal(storage: optuna.storages.RDBStorage) -> None:

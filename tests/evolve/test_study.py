@@ -110,3 +110,20 @@ def test_heartbeat_thread_only_for_heartbeat_storages():
         assert hb.thread is None and hb.interval is None
     Heartbeat.beat_once(study, trial)  # a no-op, not an error
     assert not optuna_compat.heartbeat_enabled(study)
+
+
+def test_a_schema_race_with_another_worker_is_retried(tmp_path, models, monkeypatch):
+    # what PostgreSQL raises when two workers create optuna's tables at once (seen in CI on a fresh database)
+    import sqlalchemy.exc
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlalchemy.exc.IntegrityError("CREATE TYPE studydirection", {}, Exception(
+                'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    assert isinstance(make_storage(_cfg(tmp_path, models)), real) and len(calls) == 2
