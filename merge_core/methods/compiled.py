@@ -63,3 +63,25 @@ def compile_kernel(fn: Callable[..., Any], inductor: dict[str, Any] | None = Non
             return compiled(*args, **kwargs)
 
     return call
+
+
+_WITH_FALLBACK: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def or_eager(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """fn compiled once, called compiled while kernels are enabled and eagerly otherwise; the first compile failure
+    is remembered (disable) and fn runs eagerly from then on. For kernels whose result is exact either way."""
+    if fn not in _WITH_FALLBACK:
+        kernel = compile_kernel(fn)
+
+        def call(*args: Any) -> Any:
+            if not enabled():
+                return fn(*args)
+            try:
+                return kernel(*args)
+            except Exception as e:  # no compiler: say so once, then eager
+                disable(e)
+                return fn(*args)
+
+        _WITH_FALLBACK[fn] = call
+    return _WITH_FALLBACK[fn]

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-_POOL: list[ThreadPoolExecutor] = []
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by worker count
 MIN_SPLIT = 1 << 16  # entries below which one call is cheaper than handing halves to threads
 
 
@@ -19,15 +19,14 @@ def bincount(keys: torch.Tensor, bins: int, weights: torch.Tensor | None = None)
     workers = torch.get_num_threads()
     if keys.device.type != "cpu" or workers < 2 or keys.numel() < MIN_SPLIT:
         return torch.bincount(keys, weights=weights, minlength=bins)[:bins].cpu()
-    if not _POOL or _POOL[0]._max_workers != workers:
-        _POOL[:] = [ThreadPoolExecutor(workers, thread_name_prefix="bincount")]
+    pool = _POOLS.get(workers) or _POOLS.setdefault(workers, ThreadPoolExecutor(workers, thread_name_prefix="bincount"))
     step = -(-keys.numel() // workers)
 
     def part(i: int) -> torch.Tensor:
         s = slice(i * step, (i + 1) * step)
         return torch.bincount(keys[s], weights=weights[s] if weights is not None else None, minlength=bins)[:bins]
 
-    parts = list(_POOL[0].map(part, range(workers)))
+    parts = list(pool.map(part, range(workers)))
     out = parts[0]
     for p in parts[1:]:
         out = out + p

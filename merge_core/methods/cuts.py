@@ -60,26 +60,9 @@ def _tie_keys(x: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, vals: torch.
     return torch.where(vals[sl.long()] == u, block * nvals + sl, dummy)
 
 
-_COMPILED: dict[str, object] = {}
-
-
 def _kernel(fn):  # noqa: ANN001, ANN202
     """fn compiled once (inductor), or fn itself when compiling fails: the precomputation is exact either way."""
-    name = fn.__name__
-    if name not in _COMPILED:
-        _COMPILED[name] = compiled.compile_kernel(fn)
-    kernel = _COMPILED[name]
-
-    def call(*args):  # noqa: ANN002, ANN202
-        if not compiled.enabled():
-            return fn(*args)
-        try:
-            return kernel(*args)
-        except Exception as e:  # no compiler: say so once, then eager
-            compiled.disable(e)
-            return fn(*args)
-
-    return call
+    return compiled.or_eager(fn)
 
 
 def _count(keys: torch.Tensor, bins: int) -> torch.Tensor:

@@ -37,17 +37,6 @@ def _keys(x: torch.Tensor, b: torch.Tensor | None, code: torch.Tensor | None, li
     return key, m.to(torch.float64)
 
 
-_KERNEL: list = []
-
-
-def _eager_or_compiled(n: int, device: torch.device):  # noqa: ANN202
-    if not (compiled.enabled() and device.type in compiled.DEVICES and n >= 2):
-        return _keys
-    if not _KERNEL:
-        _KERNEL.append(compiled.compile_kernel(_keys))
-    return _KERNEL[0]
-
-
 def sums(x: torch.Tensor, b: torch.Tensor | None, code: torch.Tensor | None = None, lim: float | None = None,
          thr: float | None = None, groups: int | None = None) -> torch.Tensor:
     """Exact significand sums of |float(x) - float(b)| (|x| without b) per (group, exponent): an int64 (groups, 256)
@@ -67,11 +56,8 @@ def sums(x: torch.Tensor, b: torch.Tensor | None, code: torch.Tensor | None = No
     for s in range(0, n, SPAN):
         e = min(s + SPAN, n)
         args = (x[s:e], b[s:e] if b is not None else None, code[s:e] if code is not None else None, lim_t, thr_t, mode)
-        try:
-            key, m = _eager_or_compiled(e - s, dev)(*args)
-        except Exception as err:  # no compiler: say so once, then eager (the sums are exact either way)
-            compiled.disable(err)
-            key, m = _keys(*args)
+        # compiled where it can be (a length-1 span would only make torch.compile specialise); exact either way
+        key, m = compiled.or_eager(_keys)(*args) if e - s >= 2 and dev.type in compiled.DEVICES else _keys(*args)
         # float64 sums of at most 2^24 significands below 2^24 are exact integers
         total += counting.bincount(key, bins, weights=m).to(torch.int64)
     return total.view(ngroups, EXPONENTS)

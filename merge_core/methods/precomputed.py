@@ -27,7 +27,7 @@ import torch
 
 from merge_core.methods import cuts, l1
 
-CODE_BYTES = 2  # one bf16 code per entry and source (cuts.CODE_DTYPE)
+CODE_BYTES = torch.finfo(cuts.CODE_DTYPE).bits // 8  # per entry and source
 GRID_STEP = 0.01  # the genome's Optuna step for densities
 GRID = tuple(j / 100 for j in range(1, 100))  # densities 0 and 1 need no table
 VERSION = "trims-v2"  # part of every key: a change of the grid or of the rules makes old files unused
@@ -139,7 +139,7 @@ class TrimStore:
             # [L1 of the whole delta, then of the entries kept at lim = 1, 2, ...]: exact sums per code, added up
             def compute() -> dict[str, Any]:
                 below = l1.sums(x, b, code=codes, groups=len(self.thresholds) + 1).cumsum(0)
-                return {"norms": [l1.value(below[-1])] + [l1.value(below[i - 1]) for i in range(1, len(self.thresholds) + 1)]}
+                return {"norms": [l1.value(below[-1])] + [l1.value(row) for row in below[:-1]]}
 
             table = self._table("norms", x, b, f"{n}|{seed}", compute)
             if table is None:
