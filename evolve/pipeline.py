@@ -19,16 +19,27 @@ from evolve.models import resolve_models
 from evolve.objective import metric_names
 from evolve.outputs import check_outputs
 from evolve.search import optimize
-from evolve.study import TrialProgress, budget_state, check_storage, make_pruner, make_sampler, open_study
+from evolve.study import (
+    TrialProgress,
+    budget_state,
+    check_storage,
+    make_pruner,
+    make_sampler,
+    open_study,
+    storage_lock,
+    storage_url,
+)
 
 
 def start_study(cfg: DictConfig, genome: Genome) -> optuna.Study:
-    """Open (or create) the study and enqueue the baseline trials when it is new."""
-    study = open_study(cfg, make_sampler(cfg), make_pruner(cfg))
-    if not study.get_trials(deepcopy=False) and not study.user_attrs.get("baselines_enqueued"):
-        study.set_user_attr("baselines_enqueued", True)
-        for point in genome.baselines():
-            study.enqueue_trial(point, user_attrs={"baseline": True})
+    """Open (or create) the study and enqueue the baseline trials when it is new (one worker at a time: two
+    starting together would both see a new study and enqueue the baselines twice)."""
+    with storage_lock(storage_url(cfg), "setup"):
+        study = open_study(cfg, make_sampler(cfg), make_pruner(cfg))
+        if not study.get_trials(deepcopy=False) and not study.user_attrs.get("baselines_enqueued"):
+            study.set_user_attr("baselines_enqueued", True)
+            for point in genome.baselines():
+                study.enqueue_trial(point, user_attrs={"baseline": True})
     study.set_user_attr("config", OmegaConf.to_container(cfg, resolve=True))
     if study.metric_names != metric_names(cfg):
         study.set_metric_names(metric_names(cfg))  # what optuna-dashboard labels the objective axis with

@@ -54,7 +54,7 @@ def make_storage(cfg: DictConfig) -> optuna.storages.BaseStorage:
         check_storage_url(url)
         engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         try:
-            with _creation_lock(url):
+            with storage_lock(url):
                 storage = _rdb_storage(url, engine, cfg)
                 if url.startswith("sqlite"):
                     _use_wal(storage)
@@ -113,15 +113,38 @@ def check_storage(cfg: DictConfig) -> None:
 
 
 @contextlib.contextmanager
-def _creation_lock(url: str):
-    """Serialize schema creation of a local sqlite file: workers starting together race to create its tables."""
-    if not url.startswith("sqlite:///"):
+def storage_lock(url: str, purpose: str = ""):
+    """Serialize `purpose` among the workers of one storage (schema creation; "setup": creating the study and
+    enqueuing its baselines, a check-then-act): a lock file beside a SQLite database or a journal, a PostgreSQL
+    advisory lock on that server; other servers run unlocked."""
+    if url.startswith("sqlite:///") or is_journal(url):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(path.with_name(f"{path.name}{'.' + purpose if purpose else ''}.lock")):
+            yield
+        return
+    if not url.startswith("postgresql"):
         yield
         return
-    db = Path(url.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(db.with_name(db.name + ".lock")):
-        yield
+    import hashlib
+
+    import sqlalchemy
+
+    key = int.from_bytes(hashlib.sha256(f"evolve-merge:{purpose}".encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        try:
+            conn = engine.connect()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise cannot_open(url, exc) from None
+        with conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+    finally:
+        engine.dispose()
 
 
 def make_sampler(cfg: DictConfig, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
