@@ -7,7 +7,9 @@ through one mergekit process (its import alone takes ~20 s).
 
 Known, intended difference: where mergekit writes `lm_head.weight` beside `tie_word_embeddings: true` (a tied base
 with an untied source), we write `tie_word_embeddings: false`, because transformers would otherwise ignore the
-written head and reuse the embedding.
+written head and reuse the embedding. mergekit's output config is the base_model's, or without one an arbitrary
+referenced model's (it takes the first of a set): the passthrough recipes below that mix tied and untied models
+name a base_model so that its tie flag is deterministic.
 """
 
 from __future__ import annotations
@@ -94,6 +96,16 @@ def parity_recipes(m: dict[str, Path]) -> dict[str, dict]:
             {"sources": [{"model": a, "layer_range": [0, 2]}]},
             {"sources": [{"model": a, "layer_range": [0, 4]}]},
             {"sources": [{"model": a, "layer_range": [3, 4]}]}]},
+        # a path whose head side is a tied model while an untied one feeds earlier layers: mergekit writes no head
+        # (none of the head's inputs has one), so the output is tied (base_model set: mergekit's config is the
+        # base's; without one it takes an arbitrary referenced model's, and its tie flag with it)
+        "passthrough_untied_first": {"merge_method": "passthrough", "base_model": a, "dtype": "float32", "slices": [
+            {"sources": [{"model": u, "layer_range": [0, 3]}]},
+            {"sources": [{"model": a, "layer_range": [1, 4]}]}]},
+        "passthrough_untied_middle": {"merge_method": "passthrough", "base_model": a, "dtype": "float32", "slices": [
+            {"sources": [{"model": a, "layer_range": [0, 2]}]},
+            {"sources": [{"model": u, "layer_range": [1, 3]}]},
+            {"sources": [{"model": b, "layer_range": [2, 4]}]}]},
         "ties_untied_source": {"merge_method": "ties", "base_model": base, "dtype": "float32",
                                "models": [{"model": a, "parameters": {"weight": 0.5, "density": 0.6}},
                                           {"model": u, "parameters": {"weight": 0.5, "density": 0.6}}]},

@@ -37,7 +37,17 @@ def build_live_model(
 
 def plan_merge(recipe: Recipe, sources: Sources) -> RecipePlan:
     """The tensor plan of `recipe`'s structure for these sources: made once per search, passed to every merge_into."""
-    return plan_recipe(recipe, sources.architecture, sources.base_config, sources.output_tied)
+    return plan_recipe(recipe, sources.architecture, sources.base_config, _live_tied(recipe, sources))
+
+
+def _live_tied(recipe: Recipe, sources: Sources) -> bool:
+    """The recipe's tie rule, which a merge into the live model (tied only if every source is) must share."""
+    tied = sources.output_tied_for(recipe)
+    if tied != sources.output_tied:
+        # only a non-passthrough `slices:` recipe whose last slice holds only tied models, beside untied ones
+        raise UserError(f"{recipe.where}: its head is merged only from tied models while other sources are untied; "
+                        "the live model cannot follow that, build it with `evolve merge`")
+    return tied
 
 
 def merge_into(
@@ -64,7 +74,7 @@ def merge_into(
     if plan is not None:
         plans = plan.bind(recipe)
     else:
-        plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
+        plans = plan_tensors(recipe, sources.architecture, sources.base_config, _live_tied(recipe, sources))
     params = dict(model.named_parameters(remove_duplicate=False))
     missing = [p.out_name for p in plans if p.out_name not in params]
     if missing:

@@ -75,7 +75,8 @@ def apply_path(model: PreTrainedModel, recipe: Recipe, sources: Sources, fetch: 
     `fetch`: cached source tensors on the model's device in its dtype; `memo(key, make)`: the same cache for
     tensors derived from the sources (both merge_core.live's, which owns the device cache).
     """
-    plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
+    tied = sources.output_tied_for(recipe)  # a path ending in a tied model's layers has no head of its own
+    plans = plan_tensors(recipe, sources.architecture, sources.base_config, tied)
     params = dict(model.named_parameters(remove_duplicate=False))
     dtype = next(iter(params.values())).dtype
     pool: dict[tuple[str, str], nn.Module] = model.__dict__.setdefault(_POOL, {})
@@ -88,7 +89,7 @@ def apply_path(model: PreTrainedModel, recipe: Recipe, sources: Sources, fetch: 
                 raise UserError(f"{recipe.where}: the live model has no parameter {plan.out_name}; build it with build_live_model(sources)")
             else:
                 _set_param(model, plan.out_name, _tensor(plan, fetch, recipe, dtype, sources, memo))
-        if sources.output_tied:
+        if tied:
             _tie(model, sources)
         layers = [_layer(model, j, by_layer[j], fetch, recipe, dtype, pool) for j in sorted(by_layer)]
     if len(layers) != output_layers(recipe, sources.num_layers):

@@ -146,6 +146,13 @@ def _slices(recipe: Recipe, n_layers: int) -> list[_Slice]:
     return out
 
 
+def head_models(recipe: Recipe, n_layers: int) -> list[str]:
+    """The models the output head is merged from: the last slice's sources, cut to the first slice's count (mergekit
+    0.1.5's pairing of the post weights); for a `models:` recipe, every model and the base."""
+    slices = _slices(recipe, n_layers)
+    return [s.model for s in slices[-1].sources][: len(slices[0].sources)]
+
+
 def output_layers(recipe: Recipe, n_layers: int) -> int:
     """Decoder layers of the output: the sources' count, or the slices' total length (a passthrough path)."""
     if recipe.slices is None:
@@ -269,9 +276,7 @@ def plan_recipe(recipe: Recipe, arch: Architecture, config: dict[str, Any], outp
     for w in arch.post_weights(config):
         if w.kind == "head" and output_tied:
             continue
-        # mergekit 0.1.5 pairs post weights with the last slice's sources, cut to the first slice's count
-        models = [s.model for s in last.sources][: len(first.sources)]
-        out.append(_template(recipe, w, [(m, w.name) for m in models], 0.0, last))
+        out.append(_template(recipe, w, [(m, w.name) for m in head_models(recipe, arch.num_layers(config))], 0.0, last))
     return RecipePlan(structure(recipe), tuple(out))
 
 

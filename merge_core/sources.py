@@ -85,7 +85,8 @@ class Sources:
         self.tokenizer_path = tokenizer_path
         self.where = where
         self.base_config: dict = dict(models[base_id].config)
-        # DESIGN.md: the output is tied only when every source is tied.
+        # DESIGN.md: the output is tied only when every source is tied (the live model's structure; a recipe whose
+        # head is merged only from tied models is tied all the same: output_tied_for)
         self.output_tied: bool = all(ck.tied for ck in models.values())
         # (checkpoint path, stored name, device) -> tensor, filled by live.merge_into's cached fetch
         self.device_cache: dict[tuple[str, str, str], torch.Tensor] = {}
@@ -150,12 +151,23 @@ class Sources:
         """One tensor of one source (CPU, stored dtype); a tied source's head is its embedding."""
         return self.models[model_id].get(name)
 
-    def output_config(self, dtype: torch.dtype, num_layers: int | None = None) -> dict:
-        """The output's config.json: the base's, with the tie flag per the tied rule, the output dtype and depth."""
+    def output_tied_for(self, recipe: Recipe) -> bool:
+        """Whether `recipe`'s output is tied: none of the models its head is merged from has a head of its own.
+
+        For a `models:` recipe that is every source (the tied rule); a layer path's head comes from its last slice's
+        model only, and where that model is tied mergekit 0.1.5 writes no head (the output's head is then its
+        embedding, from the first slice's model), whatever the other slices' models are: so do we."""
+        from merge_core.plan import head_models
+
+        return all(self.models[m].tied for m in head_models(recipe, self.num_layers))
+
+    def output_config(self, dtype: torch.dtype, num_layers: int | None = None, tied: bool | None = None) -> dict:
+        """The output's config.json: the base's, with the tie flag (`tied`, default the live model's rule), the
+        output dtype and depth."""
         config = strip_remote_code(self.base_config)
         if num_layers is not None and num_layers != self.num_layers:
             config = with_depth(config, self.architecture.num_layers_key, num_layers)
-        config["tie_word_embeddings"] = self.output_tied
+        config["tie_word_embeddings"] = self.output_tied if tied is None else tied
         if self.vocabulary is not None:  # rows follow the output tokenizer; special ids keep naming the same tokens
             config["vocab_size"] = self.vocabulary.size
             base_vocab = self.vocabulary.vocabs[self.base_id]

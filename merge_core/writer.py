@@ -71,7 +71,7 @@ def write_model(
         raise UserError(f"shard_size: {shard_size!r} is not a positive number of bytes; use e.g. 2GB or 500MB")
     dev = resolve_device(device)
     out_dtype = resolve_dtype(dtype or recipe.out_dtype or recipe.dtype, sources.models[sources.base_id].dtype)
-    plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied)
+    plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied_for(recipe))
     template = chat_template_text(recipe.chat_template, [ck.tokenizer_dir for ck in sources.models.values()])
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def _write_tensors(plans, recipe, sources, tmp, shard_size, dtype, device, progr
 def _write_metadata(
     recipe: Recipe, sources: Sources, tmp: Path, dtype: torch.dtype, card_extra: str, template: str | None = None
 ) -> None:
-    config = sources.output_config(dtype, output_layers(recipe, sources.num_layers))
+    config = sources.output_config(dtype, output_layers(recipe, sources.num_layers), sources.output_tied_for(recipe))
     _write_json(tmp / "config.json", config)
     base_dir = sources.models[sources.base_id].path
     gen = base_dir / "generation_config.json"
@@ -196,7 +196,7 @@ def model_card(recipe: Recipe, sources: Sources, extra: str = "", folder: Path |
         "# Merged model",
         "",
         f"Built by evolve-merge with the `{recipe.merge_method}` method from {len(sources.models)} model(s); "
-        f"word embeddings {'tied' if sources.output_tied else 'untied'}.",
+        f"word embeddings {'tied' if sources.output_tied_for(recipe) else 'untied'}.",
         "",
         *(["Models merged: " + ", ".join(f"`{m}`" for m in ids) + (" (local folders: " + ", ".join(f"`{m}`" for m in local)
            + ")" if local else "") + ".", ""]),

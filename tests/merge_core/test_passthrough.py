@@ -30,8 +30,9 @@ def _path(m, last="ft_b"):
 
 
 def _logits(model, ids):
+    # no key/value cache: a live path's repeated layer is one module with one cache slot (evolve/kv_batch.py knows)
     with torch.no_grad():
-        return model(ids).logits
+        return model(ids, use_cache=False).logits
 
 
 IDS = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))
@@ -66,6 +67,33 @@ def test_folder_matches_path_and_live(tiny_models, recipe_file, tmp_path, last):
     merge_into(live, recipe, sources)
     assert len(live.model.layers) == live.config.num_hidden_layers == 6
     assert torch.equal(_logits(live, IDS), _logits(saved, IDS))
+
+
+def test_an_untied_model_off_the_head_side_gives_a_tied_output(tiny_models, recipe_file, tmp_path):
+    # mergekit 0.1.5 writes no head when none of the head's inputs (the last slice's model) has one of its own
+    m = tiny_models
+    path = _path(m)
+    path["slices"][0]["sources"][0]["model"] = m["untied"]  # embeddings and first layers from the untied model
+    recipe = load_recipe(recipe_file(path))
+    sources = Sources.open(recipe)
+    assert not sources.output_tied and sources.output_tied_for(recipe)
+    out = write_model(recipe, sources, tmp_path / "out", progress=False)
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+    got = load_file(str(out / "model.safetensors"))
+    assert "lm_head.weight" not in got
+    assert torch.equal(got["model.embed_tokens.weight"], load_file(str(m["untied"] / "model.safetensors"))["model.embed_tokens.weight"])
+    saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    live = build_live_model(sources, "cpu", torch.float32)  # untied: another trial's path may end in the untied model
+    merge_into(live, recipe, sources)
+    assert live.lm_head.weight is live.model.embed_tokens.weight
+    assert torch.equal(_logits(live, IDS), _logits(saved, IDS))
+    path["slices"][-1]["sources"][0]["model"] = m["untied"]  # the next path ends in the untied model: its own head
+    untied_end = load_recipe(recipe_file(path))
+    merge_into(live, untied_end, sources)
+    assert live.lm_head.weight is not live.model.embed_tokens.weight
+    saved_end = AutoModelForCausalLM.from_pretrained(write_model(untied_end, sources, tmp_path / "end", progress=False),
+                                                     dtype=torch.float32)
+    assert torch.equal(_logits(live, IDS), _logits(saved_end, IDS))
 
 
 def test_live_path_reuses_source_tensors(tiny_models, recipe_file):

@@ -51,3 +51,5 @@ def test_passthrough_paths_are_covered(rows):
     assert rows["passthrough_stack"]["layers_ours"] == 6 and rows["passthrough_stack"]["head_written"]
     assert rows["passthrough_repeat_scaled"]["layers_ours"] == 7
     assert rows["passthrough_repeat_one"]["layers_ours"] == 7 and not rows["passthrough_repeat_one"]["head_written"]
+    for name in ("passthrough_untied_first", "passthrough_untied_middle"):  # untied model not on the head side
+        assert rows[name]["layers_ours"] == 6 and not rows[name]["head_written"] and rows[name]["tie_ours"] is True
