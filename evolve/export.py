@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 import optuna
+import torch
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial, TrialState
 
@@ -13,6 +14,7 @@ from evolve import score_cache
 from evolve.context import Context, EvaluatorFactory, ensure_context
 from evolve.errors import UserError
 from evolve.objective import rank_value
+from merge_core.device import resolve_dtype
 from merge_core.files import exclusive_lock
 
 
@@ -37,12 +39,18 @@ def pick_trial(study: optuna.Study, which: str | int) -> FrozenTrial:
 
 
 def _card(cfg: DictConfig, trial: FrozenTrial, scores: dict[str, float], metrics: dict[str, str],
-          selection: dict | None) -> str:
+          selection: dict | None, scored: torch.dtype, written: torch.dtype) -> str:
     """The model card's evolve section: which trial, how it was chosen, each score with its split and metric."""
     lines = [f"## Evolved merge: study `{cfg.study_name}`, trial {trial.number}", ""]
-    if selection:
+    if selection and selection.get("pick") == trial.number:
         lines += [f"Chosen by re-scoring the top {selection['top_k']} trials of the search on all dev documents "
                   "(select.top_k) and keeping the best; the held-out test played no part in the choice.", ""]
+    else:
+        lines += [f"Exported by request (`trial={trial.number}`), not as the search's pick.", ""]
+    if scored != written:
+        lines += [f"The scores below are the merge's in {_name(scored)}, as the search ran it; these weights were then "
+                  f"written in {_name(written)}, which may score a little differently (`evolve eval model=... "
+                  f"dtype={_name(written)}` scores them as written).", ""]
     lines += ["| score | split | metric | value |", "|---|---|---|---|"]
     for key in sorted(scores, key=lambda k: (not k.endswith("_dev"), k)):
         split = "dev (searched)" if key.endswith("_dev") else "test (held out)" if key.endswith("_test") else "-"
@@ -51,6 +59,10 @@ def _card(cfg: DictConfig, trial: FrozenTrial, scores: dict[str, float], metrics
               "a task folder of the user), the test documents of a seeded partition of its evaluation documents "
               "(`report/splits.json`; dev and test never share a document). The search scored dev documents only."]
     return "\n".join(lines) + "\n"
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best", out: str | Path | None = None,
@@ -81,8 +93,12 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
     # would otherwise pair one trial's recipe.yaml with another's model
     with _export_lock(out):
         (out / "recipe.yaml").unlink(missing_ok=True)  # from here until the end the pair is known unfinished
+        base_dtype = ctx.sources.models[ctx.sources.base_id].dtype
+        scored = resolve_dtype(cfg.dtype, base_dtype)  # the live model's (build_live_model)
+        written = resolve_dtype(cfg.out_dtype or recipe.out_dtype or recipe.dtype, base_dtype)  # write_model's rule
         write_model(recipe, ctx.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
-                    card_extra=_card(cfg, trial, scores, ctx.score_metrics(), study.user_attrs.get("selection")))
+                    card_extra=_card(cfg, trial, scores, ctx.score_metrics(), study.user_attrs.get("selection"),
+                                     scored, written))
         # the recipe last: a recipe.yaml beside a model means that model was finished (both rewritten by a rerun)
         save_recipe(recipe, out / "recipe.yaml")
     return out

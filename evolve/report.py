@@ -150,8 +150,8 @@ def heldout_text(cfg: DictConfig, splits: dict[str, dict[str, Any]], report_dir:
         by_folder.setdefault(task_folder(task, include), []).append(task)
     model = (Path(cfg.out_dir) / "best" / "model").resolve()
     samples_file = (report_dir / SAMPLES_FILE).resolve()
-    lines += ["", "Reproduce the held-out scores with the stock lm-eval CLI (report/samples_test.json holds the test ids "
-              "of the partitioned tasks):", ""]
+    lines += ["", "Reproduce the held-out scores with the stock lm-eval CLI"
+              + (" (report/samples_test.json holds the test ids of the partitioned tasks):" if partitioned else ":"), ""]
     for folder, tasks in by_folder.items():
         cmd = f"lm_eval --model hf --model_args pretrained={model},dtype={cfg.out_dtype}"
         cmd += f" --include_path {folder}" if folder is not None else ""

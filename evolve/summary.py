@@ -55,7 +55,7 @@ def _lm_eval_line(cfg: DictConfig, model: str) -> str:
     if all(n in local for n in names):
         tasks = ",".join(f"{n}_test" for n in names)
         return (f"lm_eval --model hf --model_args pretrained={model},dtype={cfg.dtype} --include_path "
-                f"{shlex.quote(show(eval_tasks.PATH))} --tasks {tasks}")
+                f"{shlex.quote(str(eval_tasks.PATH.resolve()))} --tasks {tasks}")  # absolute: works from any folder
     return (f"lm_eval --model hf --model_args pretrained={model},dtype={cfg.dtype} --tasks ... --samples ...   "
             "(the held-out document ids per task: report/splits.json)")
 

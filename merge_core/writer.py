@@ -198,8 +198,8 @@ def model_card(recipe: Recipe, sources: Sources, extra: str = "", folder: Path |
         f"Built by evolve-merge with the `{recipe.merge_method}` method from {len(sources.models)} model(s); "
         f"word embeddings {'tied' if sources.output_tied_for(recipe) else 'untied'}.",
         "",
-        *(["Models merged: " + ", ".join(f"`{m}`" for m in ids) + (" (local folders: " + ", ".join(f"`{m}`" for m in local)
-           + ")" if local else "") + ".", ""]),
+        *(["Models merged: " + ", ".join(f"`{m}`" + (" (local folder)" if m in local and hub else "") for m in ids)
+           + ".", ""]),
         "## Recipe (mergekit-compatible)",
         "",
         "```yaml",

@@ -32,6 +32,8 @@ def test_best_recipe_rebuilds_the_exported_model_bit_identically(tmp_path_factor
     a, b = _tensors(best / "model"), _tensors(tmp_path / "again")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((best / "model" / "config.json").read_text())["tie_word_embeddings"] is True
+    card = (best / "model" / "README.md").read_text()
+    assert "Chosen by re-scoring the top" in card and "Exported by request" not in card
 
 
 def test_export_of_a_named_trial_and_bad_numbers(tmp_path_factory, tmp_path, monkeypatch):
@@ -42,3 +44,18 @@ def test_export_of_a_named_trial_and_bad_numbers(tmp_path_factory, tmp_path, mon
     with pytest.raises(UserError, match="not a complete trial"):
         export_trial(cfg, study, "999", tmp_path / "nope")
     assert not (tmp_path / "nope").exists()
+
+
+def test_a_named_trial_and_another_dtype_are_said_on_the_card(tmp_path_factory, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf, open_dict
+
+    cfg, study = finished_run(tmp_path_factory.getbasetemp(), monkeypatch)
+    pick = study.user_attrs["selection"]["pick"]
+    other = next(t for t in study.get_trials() if t.number != pick and t.state.name == "COMPLETE")
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+    with open_dict(cfg):
+        cfg.dtype, cfg.out_dtype = "float32", "bfloat16"
+    card = (export_trial(cfg, study, str(other.number), tmp_path / "t", evaluator_factory=FakeEvaluator)
+            / "model" / "README.md").read_text()
+    assert f"Exported by request (`trial={other.number}`)" in card and "Chosen by re-scoring" not in card
+    assert "in float32, as the search ran it; these weights were then written in bfloat16" in card
