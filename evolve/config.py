@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 import conf as conf_pkg
 from evolve import schema
@@ -134,7 +134,10 @@ def compose_config(cargs: ConfArgs, overrides: list[str] | None = None) -> DictC
     """Compose and validate one config (no sweep values); any Hydra/OmegaConf error becomes a one-line UserError."""
     overrides = cargs.overrides if overrides is None else overrides
     cfg = _compose(cargs.config_dir, cargs.config_name, overrides, cargs.label)
-    validate(cfg, cargs.label)
+    try:
+        validate(cfg, cargs.label)
+    except OmegaConfBaseException as exc:  # a key deleted by a `~key` override, or left ??? (mandatory)
+        raise UserError(f"{cargs.label}: {_one_line(exc)}; keep the key (a `~key` override removes it) or set it") from None
     return cfg
 
 
@@ -270,6 +273,7 @@ def validate(cfg: DictConfig, where: str) -> None:
     _check(cfg.heartbeat_interval >= 1 and cfg.grace_period > cfg.heartbeat_interval, where,
            "heartbeat_interval/grace_period", "must be >= 1 and grace_period > heartbeat_interval")
     _check(bool(cfg.study_name) and "/" not in cfg.study_name, where, "study_name", "must be a non-empty name without '/'")
+    _check(str(cfg.out_dir).strip() != "", where, "out_dir", "is empty; give a folder path, e.g. out_dir=runs/x")
     check_path_chars("out_dir", str(cfg.out_dir), where)
     if cfg.storage:
         check_path_chars("storage", str(cfg.storage), where)

@@ -8,6 +8,8 @@ import yaml
 
 from evolve.errors import UserError
 
+PATH_KEYS = {"recipe": "recipe.yaml", "out": "merged", "model": "runs/x/best/model"}
+
 
 def parse_kv(args: Sequence[str], allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, object]:
     """Parse `key=value` pairs (values read as YAML scalars/lists); unknown or missing keys are UserErrors."""
@@ -19,6 +21,8 @@ def parse_kv(args: Sequence[str], allowed: Iterable[str], required: Iterable[str
         key, raw = arg.split("=", 1)
         if key not in allowed:
             raise UserError(f"unknown key {key!r}; expected keys: {', '.join(sorted(allowed))}")
+        if key in PATH_KEYS and not raw.strip():  # `out=` would mean the working directory
+            raise UserError(f"{key}: is empty; give a path, e.g. {key}={PATH_KEYS[key]}")
         try:
             out[key] = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:

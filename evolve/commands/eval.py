@@ -53,21 +53,35 @@ def run(args: list[str]) -> int:
     validate(resolve(tasks, split, include_path=include_path, allow_test=True), include_path)
 
     import torch
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    from evolve.evaluate import Evaluator
+    from evolve.evaluate import Evaluator, NonFiniteLogits
 
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report of missing keys would precede our one-line refusal
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-                                                     trust_remote_code=False)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=False,
+            output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:  # transformers' ways of saying the folder is not loadable
-        first = " ".join(str(exc).split())[:300]
+    except (OSError, ValueError, KeyError, TypeError, StrictDataclassError) as exc:  # transformers' ways of saying
+        first = " ".join(str(exc).split())[:300]                                    # the folder is not loadable
         raise UserError(f"model: {model_dir} cannot be loaded by transformers ({first}); "
                         "point at a complete Hugging Face model folder (config, weights, tokenizer)") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers would fill them with random values and score those
+        raise UserError(f"model: {model_dir} has no tensor {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1
+                        else "") + "; point at a complete model folder")
     evaluator = Evaluator(model, tokenizer, tasks, split=split, batch_size=batch_size, device=str(opts.get("device", "auto")),
                           limit=limit, allow_test=True, include_path=include_path)
-    result = evaluator.evaluate()
+    try:
+        result = evaluator.evaluate()
+    except NonFiniteLogits as exc:
+        raise UserError(f"model: {model_dir}: {exc}; its weights hold NaN or inf, or overflow in dtype={dtype}") from None
     rows = [(name, evaluator.metrics[name], value, result.n_items[name]) for name, value in result.scores.items()]
     print(_table(rows))
     report = {

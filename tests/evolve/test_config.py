@@ -104,3 +104,25 @@ def test_every_shipped_group_option_composes(group, option, tmp_path):
     cfg, _ = load_config(["conf=tiny", f"out_dir={tmp_path}", f"{group}={option}", *extra])
     node = cfg[group]
     assert node.get("name", node.get("kind")) == option
+
+
+@pytest.mark.parametrize("args, says", [
+    (["out_dir="], "out_dir is empty"),
+    (["out_dir=/tmp/x", "~n_trials"], "n_trials"),
+    (["out_dir=/tmp/x", "~models"], "models.sources"),
+])
+def test_an_empty_out_dir_or_a_deleted_key_is_one_line(args, says):
+    from evolve.config import load_config
+    from evolve.errors import UserError
+
+    with pytest.raises(UserError, match=says) as err:
+        load_config(["conf=tiny", *args])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("args", [["merge", "recipe=r.yaml", "out="], ["export", "conf=tiny", "out="]])
+def test_an_empty_out_is_refused(args, capsys):
+    from evolve.cli import main
+
+    assert main(args) == 2
+    assert "out: is empty" in capsys.readouterr().err

@@ -77,3 +77,23 @@ def test_empty_data_file(tiny_models: dict[str, Path], tmp_path: Path, capsys) -
 def test_bad_values(tiny_models: dict[str, Path], capsys, arg: str, key: str) -> None:
     """Bad values name their key."""
     _one_line_exit_2(["eval", f"model={tiny_models['base']}", "tasks=[retention]", arg], capsys, f"{key}:")
+
+
+def test_a_model_missing_a_tensor_or_with_nan_weights_is_refused(tiny_models: dict[str, Path], tmp_path: Path,
+                                                                 capsys) -> None:
+    """transformers would fill a missing tensor with random values and score those; NaN weights give NaN logits."""
+    from safetensors.torch import load_file, save_file
+
+    for case in ("missing", "nan"):
+        folder = tmp_path / case
+        shutil.copytree(tiny_models["base"], folder)
+        tensors = load_file(folder / "model.safetensors")
+        name = "model.layers.0.mlp.up_proj.weight"
+        if case == "missing":
+            del tensors[name]
+        else:
+            tensors[name] = torch.full_like(tensors[name], float("nan"))
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+        _one_line_exit_2(["eval", f"model={folder}", "tasks=[toy_succ]", "limit=4", f"out={tmp_path / case}.json"],
+                         capsys, "model:", name if case == "missing" else "NaN")
+        assert not (tmp_path / f"{case}.json").exists()
