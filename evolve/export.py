@@ -72,7 +72,7 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
     from evolve.outputs import run_inputs
     from merge_core.overlap import refuse_overlap
     from merge_core.recipe import save_recipe
-    from merge_core.writer import check_out_dir, write_model
+    from merge_core.writer import check_out_dir, output_dtype, write_model
 
     trial = pick_trial(study, which)  # a bad trial=N, or no complete trial, fails before anything is written
     out = Path(out) if out is not None else Path(cfg.out_dir) / "best"
@@ -93,9 +93,8 @@ def export_trial(cfg: DictConfig, study: optuna.Study, which: str | int = "best"
     # would otherwise pair one trial's recipe.yaml with another's model
     with _export_lock(out):
         (out / "recipe.yaml").unlink(missing_ok=True)  # from here until the end the pair is known unfinished
-        base_dtype = ctx.sources.models[ctx.sources.base_id].dtype
-        scored = resolve_dtype(cfg.dtype, base_dtype)  # the live model's (build_live_model)
-        written = resolve_dtype(cfg.out_dtype or recipe.out_dtype or recipe.dtype, base_dtype)  # write_model's rule
+        scored = resolve_dtype(cfg.dtype, ctx.sources.models[ctx.sources.base_id].dtype)  # the live model's
+        written = output_dtype(recipe, ctx.sources, cfg.out_dtype)
         write_model(recipe, ctx.sources, out / "model", dtype=cfg.out_dtype, device="cpu", progress=False,
                     card_extra=_card(cfg, trial, scores, ctx.score_metrics(), study.user_attrs.get("selection"),
                                      scored, written))

@@ -149,7 +149,10 @@ def _slices(recipe: Recipe, n_layers: int) -> list[_Slice]:
 def head_models(recipe: Recipe, n_layers: int) -> list[str]:
     """The models the output head is merged from: the last slice's sources, cut to the first slice's count (mergekit
     0.1.5's pairing of the post weights); for a `models:` recipe, every model and the base."""
-    slices = _slices(recipe, n_layers)
+    return _head_models(_slices(recipe, n_layers))
+
+
+def _head_models(slices: list[_Slice]) -> list[str]:
     return [s.model for s in slices[-1].sources][: len(slices[0].sources)]
 
 
@@ -276,7 +279,7 @@ def plan_recipe(recipe: Recipe, arch: Architecture, config: dict[str, Any], outp
     for w in arch.post_weights(config):
         if w.kind == "head" and output_tied:
             continue
-        out.append(_template(recipe, w, [(m, w.name) for m in head_models(recipe, arch.num_layers(config))], 0.0, last))
+        out.append(_template(recipe, w, [(m, w.name) for m in _head_models(slices)], 0.0, last))
     return RecipePlan(structure(recipe), tuple(out))
 
 

@@ -70,7 +70,7 @@ def write_model(
     if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size <= 0:
         raise UserError(f"shard_size: {shard_size!r} is not a positive number of bytes; use e.g. 2GB or 500MB")
     dev = resolve_device(device)
-    out_dtype = resolve_dtype(dtype or recipe.out_dtype or recipe.dtype, sources.models[sources.base_id].dtype)
+    out_dtype = output_dtype(recipe, sources, dtype)
     plans = plan_tensors(recipe, sources.architecture, sources.base_config, sources.output_tied_for(recipe))
     template = chat_template_text(recipe.chat_template, [ck.tokenizer_dir for ck in sources.models.values()])
 
@@ -91,6 +91,11 @@ def write_model(
                             "folder (nothing was left behind)") from None
         raise
     return out
+
+
+def output_dtype(recipe: Recipe, sources: Sources, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The dtype a folder is written in: `dtype`, else the recipe's out_dtype or dtype, else the base model's."""
+    return resolve_dtype(dtype or recipe.out_dtype or recipe.dtype, sources.models[sources.base_id].dtype)
 
 
 def write_failure(exc: BaseException) -> str | None:

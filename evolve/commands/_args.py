@@ -8,7 +8,13 @@ import yaml
 
 from evolve.errors import UserError
 
-PATH_KEYS = {"recipe": "recipe.yaml", "out": "merged", "model": "runs/x/best/model"}
+EXAMPLES = {"recipe": "recipe.yaml", "out": "DIR", "model": "runs/x/best/model", "trial": "best"}  # keys never empty
+
+
+def refuse_empty(key: str, raw: str) -> None:
+    """UserError for an empty value of a key that needs one (`out=` would mean the working directory)."""
+    if key in EXAMPLES and not raw.strip():
+        raise UserError(f"{key}: is empty; give a value, e.g. {key}={EXAMPLES[key]}")
 
 
 def parse_kv(args: Sequence[str], allowed: Iterable[str], required: Iterable[str] = ()) -> dict[str, object]:
@@ -21,8 +27,7 @@ def parse_kv(args: Sequence[str], allowed: Iterable[str], required: Iterable[str
         key, raw = arg.split("=", 1)
         if key not in allowed:
             raise UserError(f"unknown key {key!r}; expected keys: {', '.join(sorted(allowed))}")
-        if key in PATH_KEYS and not raw.strip():  # `out=` would mean the working directory
-            raise UserError(f"{key}: is empty; give a path, e.g. {key}={PATH_KEYS[key]}")
+        refuse_empty(key, raw)
         try:
             out[key] = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from evolve.commands._args import refuse_empty
 from evolve.config import load_config
-from evolve.errors import UserError
 
 
 def split_own(args: list[str], keys: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
     """Take this command's own `key=value` arguments out of the config overrides."""
     own = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.split("=", 1)[0] in keys}
-    for key in ("out", "trial"):
-        if key in own and not own[key].strip():  # `out=` would mean the working directory
-            raise UserError(f"{key}: is empty; give a value, e.g. {'out=exported' if key == 'out' else 'trial=best'}")
+    for key, raw in own.items():
+        refuse_empty(key, raw)
     return own, [a for a in args if a.split("=", 1)[0] not in keys]
 
 

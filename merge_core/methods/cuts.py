@@ -60,11 +60,6 @@ def _tie_keys(x: torch.Tensor, b: torch.Tensor, slot: torch.Tensor, vals: torch.
     return torch.where(vals[sl.long()] == u, block * nvals + sl, dummy)
 
 
-def _kernel(fn):  # noqa: ANN001, ANN202
-    """fn compiled once (inductor), or fn itself when compiling fails: the precomputation is exact either way."""
-    return compiled.or_eager(fn)
-
-
 def _count(keys: torch.Tensor, bins: int) -> torch.Tensor:
     # counted where the keys are (CUDA has bincount too); the dummy key (== bins) is dropped
     return counting.bincount(keys, bins)
@@ -87,7 +82,7 @@ def magnitude_cuts(x: torch.Tensor, b: torch.Tensor, ks: list[int]) -> tuple[lis
         return [], []
     hist = torch.zeros(NHI, dtype=torch.int64)
     for s, e in _spans(n):
-        hist += _count(_kernel(_hi_keys)(x[s:e], b[s:e]), NHI)
+        hist += _count(compiled.or_eager(_hi_keys)(x[s:e], b[s:e]), NHI)
     hi, above_hi = _top_index(hist, torch.tensor(ks, dtype=torch.int64))
     bins = torch.unique(hi)
     slot = torch.full((NHI,), -1, dtype=torch.int32)
@@ -96,7 +91,7 @@ def magnitude_cuts(x: torch.Tensor, b: torch.Tensor, ks: list[int]) -> tuple[lis
     low = torch.zeros(nlow, dtype=torch.int64)
     slot_d, dummy = slot.to(dev), torch.tensor(nlow, dtype=torch.int32, device=dev)
     for s, e in _spans(n):
-        low += _count(_kernel(_low_keys)(x[s:e], b[s:e], slot_d, dummy), nlow)
+        low += _count(compiled.or_eager(_low_keys)(x[s:e], b[s:e], slot_d, dummy), nlow)
     # second level, all ks at once: each k's bin row of low-bit counts, its rank r inside the bin from the top
     rows = low.view(bins.numel(), 1 << LOW)[slot[hi].long()]
     at_or_above = rows.flip(1).cumsum(1).flip(1)
@@ -138,7 +133,7 @@ def _tie_indices(x: torch.Tensor, b: torch.Tensor, pending: list[tuple[int, int,
                 break
             nblocks = -(-(e - s) // BLOCK)
             dummy = torch.tensor(nblocks * nv, dtype=torch.int32, device=dev)
-            keys = _kernel(_tie_keys)(x[s:e], b[s:e], slot, vals, torch.tensor(0, dtype=torch.int32, device=dev),
+            keys = compiled.or_eager(_tie_keys)(x[s:e], b[s:e], slot, vals, torch.tensor(0, dtype=torch.int32, device=dev),
                                       torch.tensor(nv, dtype=torch.int32, device=dev), dummy)
             per_block = _count(keys, nblocks * nv).view(nblocks, nv)
             u = None  # the span's magnitude bits, computed once if some tie lies in it
@@ -149,7 +144,7 @@ def _tie_indices(x: torch.Tensor, b: torch.Tensor, pending: list[tuple[int, int,
                     blk = int(torch.searchsorted(running, torch.tensor(need)))
                     before = int(running[blk - 1]) if blk else seen[j]
                     if u is None:
-                        u = _kernel(_bits)(x[s:e], b[s:e])
+                        u = compiled.or_eager(_bits)(x[s:e], b[s:e])
                     local = torch.nonzero(u[blk * BLOCK:(blk + 1) * BLOCK] == v).reshape(-1)
                     cut[i] = s + blk * BLOCK + int(local[need - before - 1])
                 seen[j] = int(running[-1])
